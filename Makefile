@@ -1,0 +1,56 @@
+SHELL := /bin/bash
+# easel's entry points. A fresh Debian 12 machine needs only `make run` or `make test`.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATA ?= $(CURDIR)/data
+MODEL ?=
+
+.PHONY: all deps build test test-c run bench gpu-check sanitize cuda-build fuzz clean format
+
+all: build
+
+deps:
+	@tools/deps.sh
+
+$(BUILD)/CMakeCache.txt:
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+
+build: deps $(BUILD)/CMakeCache.txt
+	@set -o pipefail; cmake --build $(BUILD) -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true; }
+
+test: build
+	@tests/run_tests.sh $(BUILD)
+
+# C tests only (no Python), e.g. for the sanitizer build
+test-c: build
+	@tests/run_tests.sh $(BUILD) --c-only
+
+run: build
+	@tools/run.sh $(BUILD)/easel "$(DATA)" "$(HOST)" "$(PORT)" "$(MODEL)"
+
+bench: build
+	@bench/run_bench.sh $(BUILD)
+
+gpu-check:
+	@tools/gpu_check.sh
+
+# The sanitizer configuration of the C tests (ASan + UBSan + LSan).
+sanitize:
+	@$(MAKE) --no-print-directory test-c BUILD=build-asan CMAKE_FLAGS="-DEASEL_SANITIZE=address,undefined -DEASEL_CUDA=OFF"
+
+# The CUDA-on build: compile and link only (no GPU needed).
+cuda-build: deps
+	@cmake -S . -B build-cuda -DEASEL_CUDA=ON >/dev/null
+	@set -o pipefail; cmake --build build-cuda -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true; }
+
+fuzz:
+	@tools/fuzz.sh $(or $(FUZZ_SECONDS),60)
+
+clean:
+	rm -rf build build-asan build-cuda build-fuzz
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
