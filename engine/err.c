@@ -17,13 +17,24 @@ easel_err easel_seterr(easel_err code, const char *fmt, ...) {
 }
 
 easel_err easel_wraperr(easel_err code, const char *fmt, ...) {
-    char prefix[ERRMSG_MAX], old[ERRMSG_MAX];
+    char old[ERRMSG_MAX];
+    memcpy(old, errmsg, sizeof old);
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    int n = vsnprintf(errmsg, sizeof errmsg, fmt, ap);
     va_end(ap);
-    memcpy(old, errmsg, sizeof old);
-    snprintf(errmsg, sizeof errmsg, "%s: %s", prefix, old);
+    if (n < 0) n = 0;
+    size_t len = (size_t)n < sizeof errmsg - 1 ? (size_t)n : sizeof errmsg - 1;
+    size_t room = sizeof errmsg - 1 - len;
+    if (room >= 2) {
+        memcpy(errmsg + len, ": ", 2);
+        len += 2;
+        size_t oldlen = strnlen(old, sizeof old - 1);
+        size_t k = oldlen < sizeof errmsg - 1 - len ? oldlen : sizeof errmsg - 1 - len;
+        memcpy(errmsg + len, old, k);
+        len += k;
+    }
+    errmsg[len] = 0;
     return code;
 }
 

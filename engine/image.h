@@ -4,6 +4,7 @@
 #ifndef EASEL_IMAGE_H
 #define EASEL_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "err.h"

@@ -18,12 +18,12 @@ static int test_passed_, test_failed_, test_skipped_;
 static int test_case_failed_, test_case_skipped_;
 static const char *test_case_name_ = "";
 
-#define CHECK(cond, ...)                                                                          \
+#define CHECK_TEXT_(ok, text, ...)                                                                \
     do {                                                                                          \
-        if (!(cond)) {                                                                            \
+        if (!(ok)) {                                                                              \
             if (test_case_failed_ < 10) {                                                         \
                 fprintf(stderr, "  FAIL %s (%s:%d): %s: ", test_case_name_, __FILE__, __LINE__,   \
-                        #cond);                                                                   \
+                        text);                                                                    \
                 fprintf(stderr, __VA_ARGS__);                                                     \
                 fprintf(stderr, "\n");                                                            \
             }                                                                                     \
@@ -31,11 +31,19 @@ static const char *test_case_name_ = "";
         }                                                                                         \
     } while (0)
 
-/* CHECK that also leaves the case on failure. */
+/* cond is evaluated exactly once. */
+#define CHECK(cond, ...)                                                                          \
+    do {                                                                                          \
+        int check_ok_ = !!(cond);                                                                 \
+        CHECK_TEXT_(check_ok_, #cond, __VA_ARGS__);                                               \
+    } while (0)
+
+/* CHECK that also leaves the case on failure (cond evaluated once). */
 #define REQUIRE(cond, ...)                                                                        \
     do {                                                                                          \
-        CHECK(cond, __VA_ARGS__);                                                                 \
-        if (!(cond)) return;                                                                      \
+        int require_ok_ = !!(cond);                                                               \
+        CHECK_TEXT_(require_ok_, #cond, __VA_ARGS__);                                             \
+        if (!require_ok_) return;                                                                 \
     } while (0)
 
 #define SKIP(...)                                                                                 \
