@@ -76,5 +76,11 @@ void sd_worker_free(sd_worker *w);
  * (caller frees). On error nothing is returned and the message says why. */
 easel_err sd_generate(sd_worker *w, const gen_params *p, gen_progress_fn progress, void *user,
                       uint8_t **rgb, gen_timings *timings);
+/* sd_generate that also copies the final latents (before VAE decode) into
+ * latents, if not NULL: C·(height/f)·(width/f) floats in NCHW order as
+ * diffusers returns them with output_type="latent" (f = the VAE's factor, 8
+ * for SD1.x; C = 4). For tests and previews. */
+easel_err sd_generate_ex(sd_worker *w, const gen_params *p, gen_progress_fn progress, void *user,
+                         uint8_t **rgb, float *latents, gen_timings *timings);
 
 #endif
