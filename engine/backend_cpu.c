@@ -1,0 +1,1329 @@
+/* The CPU reference backend (backend.h): fp32 ops over NHWC tensors. GEMMs
+ * (linear, bmm, conv2d as im2col + GEMM, attention) go through OpenBLAS
+ * sgemm; everything else is plain loops written for GCC's auto-vectoriser,
+ * with our own vectorisable exp/erf, compiled per ISA (SIMD_CLONES). Every
+ * non-trivial op is spread over the backend's own thread pool (threadpool.h).
+ *
+ * Threading decision: OpenBLAS runs single-threaded (openblas_set_num_threads(1),
+ * process-wide, at create) and we partition every GEMM over our pool: row or
+ * column blocks (gemm_par), conv tiles of output pixels (each thread im2cols
+ * its tile into its own scratch, then one sgemm), attention tasks per (batch,
+ * head, query tile). Why:
+ *   - speed: on the 2-core dev machine, pool-partitioned conv/linear ran at
+ *     the same rate as OpenBLAS threading the same GEMMs (EASEL_CPU_BLAS_THREADED=1,
+ *     `easel bench ops`, alternated runs) within the machine's noise, and
+ *     single-threaded sgemm inside a tile keeps im2col and GEMM on one core's cache;
+ *   - two backends at once (the service's workers): OpenBLAS has one global
+ *     thread pool whose threads spin after each call; two callers contend for
+ *     it. With one OpenBLAS thread each backend of n threads uses n cores,
+ *     and our workers sleep (no spinning) between ops;
+ *   - attention and conv tiles need the parallelism outside the GEMM anyway.
+ * Give each of W concurrent backends cores/W threads to avoid oversubscription
+ * (the pool tolerates it: callers never wait for a worker that has not woken).
+ *
+ * Knobs: backend_cpu_create(n), n = 0 -> $EASEL_THREADS if set and positive,
+ * else all online cores. EASEL_CONV_TILE (output pixels per conv tile, 256),
+ * EASEL_ATTN_TILE (query rows per attention task, 256) and
+ * EASEL_CPU_BLAS_THREADED=1 (let OpenBLAS thread the GEMMs instead) exist for
+ * measurements. Scratch: per thread, grown on demand, at most ~64 MB for conv
+ * tiles; kept until destroy. */
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "threadpool.h"
+
+#define CPU_ALIGN 256
+#define CPU_MAX_THREADS 512
+#define SCRATCH_CAP ((size_t)64 << 20) /* bytes per thread, for conv tiles */
+#define CONV_TILE_PX 256               /* output pixels per conv tile: measured best of 128..2048 */
+#define ATTN_TILE_Q 256                /* query rows per attention task: measured best of 32..256 */
+#define ATTN_TILE_BYTES ((size_t)8 << 20) /* cap on a task's score tile */
+
+/* Hot loops are compiled for AVX-512, AVX2+FMA and baseline x86-64, picked
+ * at load time (GCC function multi-versioning; elsewhere, baseline only; not
+ * under ThreadSanitizer, whose instrumented ifunc resolvers crash at load). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SIMD_CLONES
+#endif
+
+typedef struct {
+    threadpool *pool;
+    int nthreads;
+    int conv_tile_px;  /* tuning knobs, from env at create (see header) */
+    int attn_tile;     /* query rows per attention task */
+    int blas_mode;     /* 1: OpenBLAS threads the GEMMs instead (for comparison) */
+    void **scratch;    /* per thread */
+    size_t *scratch_n; /* bytes */
+    void *shared;      /* one buffer for the op in flight (partials, im2col) */
+    size_t shared_n;
+} cpu_ctx;
+
+static cpu_ctx *ctx_of(backend *be) {
+    return be->ctx;
+}
+
+/* ---------------------------------------------------------------- helpers */
+
+static easel_err grow(void **p, size_t *cap, size_t bytes, const char *op) {
+    if (*cap >= bytes) return EASEL_OK;
+    free(*p);
+    *p = NULL;
+    *cap = 0;
+    void *q = NULL;
+    if (posix_memalign(&q, 64, bytes ? bytes : 64))
+        return easel_seterr(EASEL_ENOMEM, "%s: cannot allocate %zu bytes of scratch", op, bytes);
+    *p = q;
+    *cap = bytes;
+    return EASEL_OK;
+}
+
+static easel_err thread_scratch(cpu_ctx *c, size_t bytes, const char *op) {
+    for (int t = 0; t < c->nthreads; t++) {
+        easel_err e = grow(&c->scratch[t], &c->scratch_n[t], bytes, op);
+        if (e) return e;
+    }
+    return EASEL_OK;
+}
+
+/* A tensor an op may read or write: present, on the CPU, f32. */
+static easel_err need(const char *op, const char *name, const tensor *t) {
+    if (!t || !t->data) return easel_seterr(EASEL_EINVAL, "%s: %s has no data", op, name);
+    if (t->dev != DEV_CPU)
+        return easel_seterr(EASEL_EINVAL, "%s: %s is not a cpu tensor", op, name);
+    if (t->dt != DT_F32)
+        return easel_seterr(EASEL_EUNSUPPORTED, "%s: %s is %s; the cpu backend computes in f32", op,
+                            name, dtype_name(t->dt));
+    return EASEL_OK;
+}
+#define NEED(t)                                                                                    \
+    do {                                                                                           \
+        easel_err e_ = need(OP, #t, t);                                                            \
+        if (e_) return e_;                                                                         \
+    } while (0)
+
+static easel_err mismatch(const char *op, const char *what, const char *na, const tensor *a,
+                          const char *nb, const tensor *b) {
+    char sa[96], sb[96];
+    return easel_seterr(EASEL_EINVAL, "%s: %s: %s %s, %s %s", op, what, na,
+                        tensor_shape_str(a, sa, sizeof sa), nb, tensor_shape_str(b, sb, sizeof sb));
+}
+
+/* Product of all dims but the last (tensor_rows() is 0 when the last is 0). */
+static int64_t lead_rows(const tensor *t) {
+    int64_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        r *= t->ne[i];
+    return r;
+}
+
+static int fits_int(int64_t v) {
+    return v >= 0 && v <= INT_MAX;
+}
+
+static int64_t imin(int64_t a, int64_t b) {
+    return a < b ? a : b;
+}
+static int64_t cdiv(int64_t a, int64_t b) {
+    return (a + b - 1) / b;
+}
+
+/* ------------------------------------------------------ parallel ranges */
+
+typedef void (*range_fn)(void *arg, int64_t lo, int64_t hi, int thread);
+typedef struct {
+    range_fn fn;
+    void *arg;
+    int64_t n, chunk;
+} range_job;
+
+static void range_task(void *ctx, int task, int thread) {
+    range_job *j = ctx;
+    int64_t lo = (int64_t)task * j->chunk;
+    j->fn(j->arg, lo, imin(j->n, lo + j->chunk), thread);
+}
+
+/* fn over [0, n) in chunks of at least `grain` items, about 4 per thread. */
+static void par_for(cpu_ctx *c, int64_t n, int64_t grain, range_fn fn, void *arg) {
+    if (n <= 0) return;
+    int64_t tasks = imin(cdiv(n, grain < 1 ? 1 : grain), 4 * (int64_t)c->nthreads);
+    if (c->nthreads == 1 || tasks <= 1) {
+        fn(arg, 0, n, 0);
+        return;
+    }
+    range_job j = {fn, arg, n, cdiv(n, tasks)};
+    threadpool_run(c->pool, (int)cdiv(n, j.chunk), range_task, &j);
+}
+
+/* GEMM-calling tasks: on the pool, or serially on the caller in blas_mode
+ * (where every sgemm is threaded by OpenBLAS itself). */
+static void run_gemm_tasks(cpu_ctx *c, int ntasks, threadpool_fn fn, void *ctx) {
+    if (!c->blas_mode) {
+        threadpool_run(c->pool, ntasks, fn, ctx);
+        return;
+    }
+    for (int t = 0; t < ntasks; t++)
+        fn(ctx, t, 0);
+}
+
+/* ------------------------------------------------ vectorisable math */
+
+/* e^x, Cephes-style: 2^n · p(r), |rel err| ~ 2 ulp; clamps to the f32 range. */
+static inline float exp_f(float x) {
+    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float r0 = x * 1.44269504088896341f + 12582912.0f; /* round to nearest int */
+    float n = r0 - 12582912.0f;
+    int32_t ni;
+    memcpy(&ni, &r0, 4);
+    ni -= 0x4B400000;
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = (ni + 127) * (1 << 23);
+    float s;
+    memcpy(&s, &bits, 4);
+    return p * s;
+}
+
+/* erf(x) as a rational function on [-4, 4] (±1 beyond); |abs err| < 5e-7. */
+static inline float erf_f(float x) {
+    x = x > 4.f ? 4.f : (x < -4.f ? -4.f : x);
+    float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 + -2.10102402082508e-06f;
+    p = p * x2 + -5.69250639462346e-05f;
+    p = p * x2 + -7.34990630326855e-04f;
+    p = p * x2 + -2.95459980854025e-03f;
+    p = p * x2 + -1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 + -2.13374055278905e-04f;
+    q = q * x2 + -1.68282697438203e-03f;
+    q = q * x2 + -7.37332916720468e-03f;
+    q = q * x2 + -1.42647390514189e-02f;
+    return x * p / q;
+}
+
+static inline float silu_f(float x) {
+    return x / (1.0f + exp_f(-x));
+}
+static inline float gelu_f(float x) {
+    return 0.5f * x * (1.0f + erf_f(x * 0.70710678118654752f));
+}
+static inline float qgelu_f(float x) {
+    return x / (1.0f + exp_f(-1.702f * x));
+}
+
+#define LANES 16
+
+static inline double sum_d(const float *x, int64_t n) {
+    double acc[LANES / 2] = {0};
+    int64_t i = 0;
+    for (; i + LANES / 2 <= n; i += LANES / 2)
+        for (int j = 0; j < LANES / 2; j++)
+            acc[j] += x[i + j];
+    double s = 0;
+    for (; i < n; i++)
+        s += x[i];
+    for (int j = 0; j < LANES / 2; j++)
+        s += acc[j];
+    return s;
+}
+
+static inline double sumsq_dev_d(const float *x, int64_t n, double mean) {
+    double acc[LANES / 2] = {0};
+    int64_t i = 0;
+    for (; i + LANES / 2 <= n; i += LANES / 2)
+        for (int j = 0; j < LANES / 2; j++) {
+            double d = x[i + j] - mean;
+            acc[j] += d * d;
+        }
+    double s = 0;
+    for (; i < n; i++)
+        s += (x[i] - mean) * (x[i] - mean);
+    for (int j = 0; j < LANES / 2; j++)
+        s += acc[j];
+    return s;
+}
+
+static inline float sum_f(const float *x, int64_t n) {
+    float acc[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            acc[j] += x[i + j];
+    float s = 0;
+    for (; i < n; i++)
+        s += x[i];
+    for (int j = 0; j < LANES; j++)
+        s += acc[j];
+    return s;
+}
+
+static inline float max_f(const float *x, int64_t n) {
+    float acc[LANES];
+    for (int j = 0; j < LANES; j++)
+        acc[j] = -INFINITY;
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int j = 0; j < LANES; j++)
+            acc[j] = x[i + j] > acc[j] ? x[i + j] : acc[j];
+    float m = -INFINITY;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < LANES; j++)
+        m = acc[j] > m ? acc[j] : m;
+    return m;
+}
+
+/* In place, max-subtracted. */
+SIMD_CLONES static void softmax_row(float *x, int64_t n) {
+    if (n <= 0) return;
+    float m = max_f(x, n);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = exp_f(x[i] - m);
+    float inv = 1.0f / sum_f(x, n);
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= inv;
+}
+
+/* ------------------------------------------------------------- memory */
+
+static easel_err cpu_alloc(backend *be, size_t bytes, void **out) {
+    (void)be;
+    void *p = NULL;
+    if (!out) return easel_seterr(EASEL_EINVAL, "alloc: out is NULL");
+    *out = NULL;
+    size_t n = (bytes + CPU_ALIGN - 1) & ~(size_t)(CPU_ALIGN - 1);
+    /* sizes no machine has are refused up front (sanitizer allocators abort on them) */
+    if (n < bytes || n > ((size_t)1 << 44) || posix_memalign(&p, CPU_ALIGN, n ? n : CPU_ALIGN))
+        return easel_seterr(EASEL_ENOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
+    *out = p;
+    return EASEL_OK;
+}
+
+static void cpu_free(backend *be, void *p) {
+    (void)be;
+    free(p);
+}
+
+static easel_err cpu_sync(backend *be) {
+    (void)be;
+    return EASEL_OK;
+}
+
+/* Conversion between any two of f32/f16/bf16 arrays, over a range. */
+typedef struct {
+    void *dst;
+    const void *src;
+    dtype ddt, sdt;
+} conv_dt_job;
+
+static float load_el(const void *p, dtype dt, int64_t i) {
+    if (dt == DT_F32) return ((const float *)p)[i];
+    uint16_t h = ((const uint16_t *)p)[i];
+    return dt == DT_F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+static void convert_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    conv_dt_job *j = arg;
+    if (j->ddt == j->sdt) {
+        size_t es = dtype_size(j->ddt);
+        memcpy((char *)j->dst + lo * es, (const char *)j->src + lo * es, (size_t)(hi - lo) * es);
+        return;
+    }
+    for (int64_t i = lo; i < hi; i++) {
+        float v = load_el(j->src, j->sdt, i);
+        if (j->ddt == DT_F32)
+            ((float *)j->dst)[i] = v;
+        else if (j->ddt == DT_F16)
+            ((uint16_t *)j->dst)[i] = f32_to_f16(v);
+        else
+            ((uint16_t *)j->dst)[i] = f32_to_bf16(v);
+    }
+}
+
+static easel_err convert(backend *be, void *dst, dtype ddt, const void *src, dtype sdt, int64_t n) {
+    conv_dt_job j = {dst, src, ddt, sdt};
+    par_for(ctx_of(be), n, 1 << 16, convert_range, &j);
+    return EASEL_OK;
+}
+
+static easel_err check_io(const char *op, const tensor *t, const void *host) {
+    if (!t || !t->data || !host) return easel_seterr(EASEL_EINVAL, "%s: NULL data", op);
+    if (t->dev != DEV_CPU) return easel_seterr(EASEL_EINVAL, "%s: not a cpu tensor", op);
+    if (t->dt != DT_F32 && t->dt != DT_F16 && t->dt != DT_BF16)
+        return easel_seterr(EASEL_EUNSUPPORTED, "%s: unknown dtype %d", op, (int)t->dt);
+    return EASEL_OK;
+}
+
+static easel_err cpu_upload(backend *be, tensor *dst, const float *src) {
+    easel_err e = check_io("upload", dst, src);
+    if (e) return e;
+    return convert(be, dst->data, dst->dt, src, DT_F32, tensor_nelem(dst));
+}
+
+static easel_err cpu_download(backend *be, const tensor *src, float *dst) {
+    easel_err e = check_io("download", src, dst);
+    if (e) return e;
+    return convert(be, dst, DT_F32, src->data, src->dt, tensor_nelem(src));
+}
+
+static easel_err cpu_copy(backend *be, tensor *y, const tensor *x) {
+    easel_err e = check_io("copy", y, y ? y->data : NULL);
+    if (!e) e = check_io("copy", x, x ? x->data : NULL);
+    if (e) return e;
+    if (tensor_nelem(y) != tensor_nelem(x))
+        return mismatch("copy", "element counts differ", "y", y, "x", x);
+    if (y->data == x->data && y->dt == x->dt) return EASEL_OK;
+    return convert(be, y->data, y->dt, x->data, x->dt, tensor_nelem(x));
+}
+
+/* --------------------------------------------------------------- GEMM */
+
+/* C[M,N] = alpha·A[M,K]·op(B) + beta·C (+ bias[N]); op(B) = B[N,K]^T if transb
+ * else B[K,N]. Row-major with leading dimensions. */
+typedef struct {
+    int M, N, K;
+    const float *A;
+    int lda;
+    const float *B;
+    int ldb, transb;
+    float alpha, beta;
+    float *C;
+    int ldc;
+    const float *bias;
+    int mblk, nblk, nmb; /* block sizes, number of blocks along M */
+} gemm_job;
+
+SIMD_CLONES static void add_bias(float *C, int ldc, int m, int n, const float *bias) {
+    for (int i = 0; i < m; i++) {
+        float *c = C + (int64_t)i * ldc;
+        for (int j = 0; j < n; j++)
+            c[j] += bias[j];
+    }
+}
+
+static void gemm_block(const gemm_job *g, int m0, int m1, int n0, int n1) {
+    const float *B = g->transb ? g->B + (int64_t)n0 * g->ldb : g->B + n0;
+    float *C = g->C + (int64_t)m0 * g->ldc + n0;
+    if (g->K == 0) { /* legal (C = beta·C), but OpenBLAS leaves C untouched */
+        for (int i = 0; i < m1 - m0; i++)
+            for (int k = 0; k < n1 - n0; k++) {
+                float *cv = C + (int64_t)i * g->ldc + k;
+                *cv = g->beta == 0.0f ? 0.0f : g->beta * *cv;
+            }
+    } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, g->transb ? CblasTrans : CblasNoTrans, m1 - m0,
+                    n1 - n0, g->K, g->alpha, g->A + (int64_t)m0 * g->lda, g->lda, B, g->ldb,
+                    g->beta, C, g->ldc);
+    }
+    if (g->bias) add_bias(C, g->ldc, m1 - m0, n1 - n0, g->bias + n0);
+}
+
+static void gemm_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const gemm_job *g = ctx;
+    int bm = task % g->nmb, bn = task / g->nmb;
+    int m0 = bm * g->mblk, n0 = bn * g->nblk;
+    int m1 = (int)imin(g->M, m0 + g->mblk), n1 = (int)imin(g->N, n0 + g->nblk);
+    if (m0 < m1 && n0 < n1) gemm_block(g, m0, m1, n0, n1);
+}
+
+static int round16(int64_t v) {
+    return (int)((v + 15) & ~(int64_t)15);
+}
+
+/* Splits the GEMM into blocks, each one single-threaded sgemm: along M (each
+ * thread then packs all of B) or along N (each packs all of A), whichever
+ * duplicates less packing, when every block gets >= 64 rows or columns; else
+ * one call. */
+static void gemm_par(cpu_ctx *c, gemm_job *g, int threads) {
+    int T = c->blas_mode ? 1 : threads;
+    double flops = 2.0 * g->M * g->N * g->K;
+    g->mblk = g->M;
+    g->nblk = g->N;
+    if (T > 1 && flops >= 4e6) {
+        int split_m = g->M >= 64 * T, split_n = g->N >= 64 * T;
+        if (split_m && (g->M >= g->N || !split_n)) /* 2 blocks per thread when large: balance */
+            g->mblk = round16(cdiv(g->M, g->M >= 512 * T ? 2 * T : T));
+        else if (split_n)
+            g->nblk = round16(cdiv(g->N, T));
+    }
+    g->nmb = (int)cdiv(g->M, g->mblk > 0 ? g->mblk : 1);
+    if (g->nmb < 1) g->nmb = 1;
+    int nnb = (int)cdiv(g->N, g->nblk > 0 ? g->nblk : 1);
+    if (nnb < 1) nnb = 1;
+    if (g->nmb * nnb == 1) {
+        if (g->M > 0 && g->N > 0) gemm_block(g, 0, g->M, 0, g->N);
+        return;
+    }
+    run_gemm_tasks(c, g->nmb * nnb, gemm_task, g);
+}
+
+/* ------------------------------------------------------ linear and bmm */
+
+static easel_err cpu_linear(backend *be, tensor *y, const tensor *x, const tensor *w,
+                            const tensor *b) {
+    static const char *OP = "linear";
+    NEED(y);
+    NEED(x);
+    NEED(w);
+    if (b) NEED(b);
+    int64_t M = lead_rows(x), K = tensor_cols(x);
+    if (w->ndim != 2 || w->ne[1] != K) return mismatch(OP, "w must be [N,K]", "x", x, "w", w);
+    int64_t N = w->ne[0];
+    if (tensor_cols(y) != N || lead_rows(y) != M)
+        return mismatch(OP, "y must be [M,N]", "y", y, "w", w);
+    if (b && tensor_nelem(b) != N) return mismatch(OP, "b must be [N]", "b", b, "w", w);
+    if (!fits_int(M) || !fits_int(N) || !fits_int(K))
+        return easel_seterr(EASEL_EINVAL, "linear: dims too large for BLAS");
+    cpu_ctx *c = ctx_of(be);
+    gemm_job g = {(int)M,
+                  (int)N,
+                  (int)K,
+                  x->data,
+                  (int)K,
+                  w->data,
+                  (int)K,
+                  1,
+                  1.0f,
+                  0.0f,
+                  y->data,
+                  (int)N,
+                  b ? b->data : NULL,
+                  0,
+                  0,
+                  0};
+    gemm_par(c, &g, c->nthreads);
+    return EASEL_OK;
+}
+
+typedef struct {
+    gemm_job g;
+    int64_t sa, sb, sc; /* batch strides */
+} bmm_job;
+
+static void bmm_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const bmm_job *j = ctx;
+    gemm_job g = j->g;
+    g.A += task * j->sa;
+    g.B += task * j->sb;
+    g.C += task * j->sc;
+    if (g.M > 0 && g.N > 0) gemm_block(&g, 0, g.M, 0, g.N);
+}
+
+static int batch3(const tensor *t, int64_t *B, int64_t *r, int64_t *cl) {
+    if (t->ndim == 2)
+        *B = 1, *r = t->ne[0], *cl = t->ne[1];
+    else if (t->ndim == 3)
+        *B = t->ne[0], *r = t->ne[1], *cl = t->ne[2];
+    else
+        return 0;
+    return 1;
+}
+
+static easel_err cpu_bmm(backend *be, tensor *y, const tensor *a, const tensor *b, int trans_b,
+                         float alpha) {
+    static const char *OP = "bmm";
+    NEED(y);
+    NEED(a);
+    NEED(b);
+    int64_t B, M, K, Bb, r, cl, By, My, Ny;
+    if (!batch3(a, &B, &M, &K) || !batch3(b, &Bb, &r, &cl) || !batch3(y, &By, &My, &Ny))
+        return mismatch(OP, "tensors must be [B,M,K]-like (2 or 3 dims)", "a", a, "b", b);
+    int64_t N = trans_b ? r : cl, Kb = trans_b ? cl : r;
+    if (Bb != B || Kb != K)
+        return mismatch(OP, trans_b ? "b must be [B,N,K]" : "b must be [B,K,N]", "a", a, "b", b);
+    if (By != B || My != M || Ny != N) return mismatch(OP, "y must be [B,M,N]", "y", y, "b", b);
+    if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(B))
+        return easel_seterr(EASEL_EINVAL, "bmm: dims too large for BLAS");
+    cpu_ctx *c = ctx_of(be);
+    bmm_job j = {{(int)M, (int)N, (int)K, a->data, (int)K, b->data, (int)(trans_b ? K : N),
+                  trans_b != 0, alpha, 0.0f, y->data, (int)N, NULL, 0, 0, 0},
+                 M * K,
+                 K * N,
+                 M * N};
+    if (B >= c->nthreads || c->nthreads == 1) {
+        run_gemm_tasks(c, (int)B, bmm_task, &j);
+        return EASEL_OK;
+    }
+    for (int64_t i = 0; i < B; i++) {
+        gemm_job g = j.g;
+        g.A += i * j.sa;
+        g.B += i * j.sb;
+        g.C += i * j.sc;
+        gemm_par(c, &g, c->nthreads);
+    }
+    return EASEL_OK;
+}
+
+/* ------------------------------------------------------------- conv2d */
+
+typedef struct {
+    const float *x, *w, *b;
+    float *y;
+    int64_t N, H, W, Ci, Co, KH, KW, Ho, Wo, P, K;
+    int stride, pad;
+    int64_t tile; /* output pixels per task (tiled path) */
+    float *col;   /* whole im2col matrix (small-output path) */
+    void **scratch;
+} conv_job;
+
+/* Rows [p0, p1) of the im2col matrix [P, KH·KW·Ci] into col (row p at col + (p-p0)·K).
+ * One memcpy per (pixel, kernel row): NHWC makes the KW·Ci window contiguous. */
+static void im2col(const conv_job *j, int64_t p0, int64_t p1, float *col) {
+    int64_t hw = j->Ho * j->Wo, Ci = j->Ci, KW = j->KW;
+    for (int64_t p = p0; p < p1; p++) {
+        int64_t n = p / hw, r = p % hw, oy = r / j->Wo, ox = r % j->Wo;
+        float *dst = col + (p - p0) * j->K;
+        int64_t ix0 = ox * j->stride - j->pad;
+        int64_t kx0 = ix0 < 0 ? -ix0 : 0, kx1 = imin(KW, j->W - ix0);
+        if (kx1 < kx0) kx1 = kx0;
+        for (int64_t ky = 0; ky < j->KH; ky++) {
+            float *d = dst + ky * KW * Ci;
+            int64_t iy = oy * j->stride - j->pad + ky;
+            if (iy < 0 || iy >= j->H || kx0 >= KW) {
+                memset(d, 0, (size_t)(KW * Ci) * sizeof(float));
+                continue;
+            }
+            const float *s = j->x + ((n * j->H + iy) * j->W + ix0 + kx0) * Ci;
+            if (kx0 > 0) memset(d, 0, (size_t)(kx0 * Ci) * sizeof(float));
+            memcpy(d + kx0 * Ci, s, (size_t)((kx1 - kx0) * Ci) * sizeof(float));
+            if (kx1 < KW) memset(d + kx1 * Ci, 0, (size_t)((KW - kx1) * Ci) * sizeof(float));
+        }
+    }
+}
+
+static void conv_gemm(const conv_job *j, const float *col, int64_t p0, int64_t m) {
+    gemm_job g = {(int)m, (int)j->Co, (int)j->K,         col,        (int)j->K, j->w, (int)j->K, 1,
+                  1.0f,   0.0f,       j->y + p0 * j->Co, (int)j->Co, j->b,      0,    0,         0};
+    gemm_block(&g, 0, (int)m, 0, (int)j->Co);
+}
+
+static void conv_tile_task(void *ctx, int task, int thread) {
+    const conv_job *j = ctx;
+    int64_t p0 = task * j->tile, p1 = imin(j->P, p0 + j->tile);
+    float *col = j->scratch[thread];
+    im2col(j, p0, p1, col);
+    conv_gemm(j, col, p0, p1 - p0);
+}
+
+static void im2col_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const conv_job *j = arg;
+    im2col(j, lo, hi, j->col + lo * j->K);
+}
+
+static easel_err conv_check(const char *OP, const tensor *y, const tensor *x, const tensor *w,
+                            const tensor *b, int stride, int pad, conv_job *j) {
+    if (x->ndim != 4 || w->ndim != 4 || y->ndim != 4)
+        return mismatch(OP, "x, w, y must be 4-d (NHWC, [Co,KH,KW,Ci])", "x", x, "w", w);
+    if (stride < 1 || pad < 0)
+        return easel_seterr(EASEL_EINVAL, "%s: bad stride %d or pad %d", OP, stride, pad);
+    if (w->ne[3] != x->ne[3]) return mismatch(OP, "input channels differ", "x", x, "w", w);
+    j->N = x->ne[0], j->H = x->ne[1], j->W = x->ne[2], j->Ci = x->ne[3];
+    j->Co = w->ne[0], j->KH = w->ne[1], j->KW = w->ne[2];
+    j->stride = stride, j->pad = pad;
+    int64_t hn = j->H + 2 * pad - j->KH, wn = j->W + 2 * pad - j->KW;
+    if (hn < 0 || wn < 0) return mismatch(OP, "kernel larger than padded input", "x", x, "w", w);
+    j->Ho = hn / stride + 1, j->Wo = wn / stride + 1;
+    if (y->ne[0] != j->N || y->ne[1] != j->Ho || y->ne[2] != j->Wo || y->ne[3] != j->Co) {
+        char s[160];
+        snprintf(s, sizeof s, "y must be [%lld,%lld,%lld,%lld] (stride %d, pad %d)",
+                 (long long)j->N, (long long)j->Ho, (long long)j->Wo, (long long)j->Co, stride,
+                 pad);
+        return mismatch(OP, s, "y", y, "x", x);
+    }
+    if (b && tensor_nelem(b) != j->Co) return mismatch(OP, "b must be [Co]", "b", b, "w", w);
+    j->P = j->N * j->Ho * j->Wo;
+    j->K = j->KH * j->KW * j->Ci;
+    if (!fits_int(j->P) || !fits_int(j->K) || !fits_int(j->Co))
+        return easel_seterr(EASEL_EINVAL, "%s: dims too large for BLAS", OP);
+    return EASEL_OK;
+}
+
+static easel_err cpu_conv2d(backend *be, tensor *y, const tensor *x, const tensor *w,
+                            const tensor *b, int stride, int pad) {
+    static const char *OP = "conv2d";
+    NEED(y);
+    NEED(x);
+    NEED(w);
+    if (b) NEED(b);
+    conv_job j = {.x = x->data, .w = w->data, .b = b ? b->data : NULL, .y = y->data};
+    easel_err e = conv_check(OP, y, x, w, b, stride, pad, &j);
+    if (e || j.P == 0 || j.Co == 0) return e;
+    cpu_ctx *c = ctx_of(be);
+    int T = c->blas_mode ? 1 : c->nthreads;
+    if (j.KH == 1 && j.KW == 1 && stride == 1 && pad == 0) { /* a plain GEMM over pixels */
+        gemm_job g = {(int)j.P, (int)j.Co, (int)j.K, j.x,       (int)j.K, j.w, (int)j.K, 1,
+                      1.0f,     0.0f,      j.y,      (int)j.Co, j.b,      0,   0,        0};
+        gemm_par(c, &g, T);
+        return EASEL_OK;
+    }
+    size_t row = (size_t)j.K * sizeof(float);
+    if (T > 1 && j.P <= 2 * (int64_t)c->conv_tile_px * T && (size_t)j.P * row <= SCRATCH_CAP) {
+        /* small output: one shared im2col, the GEMM split over Co */
+        if ((e = grow(&c->shared, &c->shared_n, (size_t)j.P * row, OP))) return e;
+        j.col = c->shared;
+        par_for(c, j.P, 16, im2col_range, &j);
+        gemm_job g = {(int)j.P, (int)j.Co, (int)j.K, j.col,     (int)j.K, j.w, (int)j.K, 1,
+                      1.0f,     0.0f,      j.y,      (int)j.Co, j.b,      0,   0,        0};
+        gemm_par(c, &g, T);
+        return EASEL_OK;
+    }
+    int64_t tile = imin(c->conv_tile_px, (int64_t)(SCRATCH_CAP / row));
+    tile = imin(tile, cdiv(j.P, T));
+    if (tile > 16) tile &= ~(int64_t)15;
+    if (tile < 1) tile = 1;
+    j.tile = tile;
+    if ((e = thread_scratch(c, (size_t)tile * row, OP))) return e;
+    j.scratch = c->scratch;
+    run_gemm_tasks(c, (int)cdiv(j.P, tile), conv_tile_task, &j);
+    return EASEL_OK;
+}
+
+/* ------------------------------------------------------------ attention */
+
+typedef struct {
+    const float *q, *k, *v;
+    float *o;
+    int64_t B, Lq, Lk, H, D, tq, ntiles;
+    int causal;
+    float scale;
+    void **scratch;
+} attn_job;
+
+/* One (batch, head, query tile): S = scale·Q·K^T, row softmax, O = S·V, with
+ * strided access (ld = H·D) so nothing is transposed or copied. */
+static void attn_task(void *ctx, int task, int thread) {
+    const attn_job *j = ctx;
+    int64_t tile = task % j->ntiles, h = (task / j->ntiles) % j->H, b = task / (j->ntiles * j->H);
+    int64_t q0 = tile * j->tq, m = imin(j->tq, j->Lq - q0), ld = j->H * j->D;
+    int64_t kn = j->causal ? imin(j->Lk, q0 + m) : j->Lk;
+    const float *Q = j->q + (b * j->Lq + q0) * ld + h * j->D;
+    const float *K = j->k + b * j->Lk * ld + h * j->D;
+    const float *V = j->v + b * j->Lk * ld + h * j->D;
+    float *O = j->o + (b * j->Lq + q0) * ld + h * j->D;
+    float *S = j->scratch[thread];
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)kn, (int)j->D, j->scale, Q,
+                (int)ld, K, (int)ld, 0.0f, S, (int)kn);
+    for (int64_t i = 0; i < m; i++) {
+        float *row = S + i * kn;
+        int64_t valid = j->causal ? imin(kn, q0 + i + 1) : kn;
+        softmax_row(row, valid);
+        for (int64_t t = valid; t < kn; t++)
+            row[t] = 0.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)j->D, (int)kn, 1.0f, S,
+                (int)kn, V, (int)ld, 0.0f, O, (int)ld);
+}
+
+static easel_err cpu_attention(backend *be, tensor *o, const tensor *q, const tensor *k,
+                               const tensor *v, int heads, int causal) {
+    static const char *OP = "attention";
+    NEED(o);
+    NEED(q);
+    NEED(k);
+    NEED(v);
+    if (q->ndim != 3 || k->ndim != 3 || v->ndim != 3 || o->ndim != 3)
+        return mismatch(OP, "q, k, v, o must be [B,L,H*D]", "q", q, "k", k);
+    if (!tensor_same_shape(k, v)) return mismatch(OP, "k and v differ", "k", k, "v", v);
+    if (!tensor_same_shape(o, q)) return mismatch(OP, "o and q differ", "o", o, "q", q);
+    if (k->ne[0] != q->ne[0] || k->ne[2] != q->ne[2])
+        return mismatch(OP, "batch or width differ", "q", q, "k", k);
+    if (heads < 1 || q->ne[2] % heads)
+        return easel_seterr(EASEL_EINVAL, "attention: width %lld is not divisible by %d heads",
+                            (long long)q->ne[2], heads);
+    attn_job j = {q->data, k->data,          v->data, o->data, q->ne[0],    q->ne[1], k->ne[1],
+                  heads,   q->ne[2] / heads, 0,       0,       causal != 0, 0,        NULL};
+    if (causal && j.Lq != j.Lk) return mismatch(OP, "causal needs Lq == Lk", "q", q, "k", k);
+    if (!fits_int(j.Lq) || !fits_int(j.Lk) || !fits_int(q->ne[2]))
+        return easel_seterr(EASEL_EINVAL, "attention: dims too large for BLAS");
+    if (j.B == 0 || j.Lq == 0 || j.D == 0) return EASEL_OK;
+    if (j.Lk == 0) {
+        memset(o->data, 0, tensor_nbytes(o));
+        return EASEL_OK;
+    }
+    cpu_ctx *c = ctx_of(be);
+    int64_t tq = imin(c->attn_tile, (int64_t)(ATTN_TILE_BYTES / 4) / j.Lk);
+    tq = tq < 16 ? 16 : tq;
+    j.tq = imin(tq, j.Lq);
+    j.ntiles = cdiv(j.Lq, j.tq);
+    j.scale = 1.0f / sqrtf((float)j.D);
+    easel_err e = thread_scratch(c, (size_t)(j.tq * j.Lk) * sizeof(float), OP);
+    if (e) return e;
+    j.scratch = c->scratch;
+    int64_t tasks = j.B * j.H * j.ntiles;
+    if (tasks > INT_MAX) return easel_seterr(EASEL_EINVAL, "attention: too many tiles");
+    run_gemm_tasks(c, (int)tasks, attn_task, &j);
+    return EASEL_OK;
+}
+
+/* ----------------------------------------------------------- group norm */
+
+#define GN_ROWS 64 /* rows per stats chunk: stays in cache for the second pass */
+
+typedef struct {
+    const float *x;
+    float *y;
+    int64_t N, L, C, G, chunks;     /* chunks per sample */
+    double *part;                   /* [N·chunks][2][C]: chunk mean, chunk M2 */
+    const float *hi, *lo, *sc, *bt; /* [N][C]: mean = hi + lo, scale, beta */
+    int silu;
+} gn_job;
+
+/* Per chunk and channel, in double: mean, then M2 around it (the chunk is
+ * still in cache), so large offsets do not cancel. */
+SIMD_CLONES static void gn_stats_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const gn_job *j = ctx;
+    int64_t n = task / j->chunks, r0 = (task % j->chunks) * GN_ROWS;
+    int64_t rows = imin(j->L, r0 + GN_ROWS) - r0, C = j->C;
+    const float *x = j->x + (n * j->L + r0) * C;
+    double *mean = j->part + (int64_t)task * 2 * C, *m2 = mean + C;
+    for (int64_t c = 0; c < C; c++)
+        mean[c] = 0, m2[c] = 0;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < C; c++)
+            mean[c] += x[r * C + c];
+    for (int64_t c = 0; c < C; c++)
+        mean[c] /= (double)rows;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < C; c++) {
+            double d = x[r * C + c] - mean[c];
+            m2[c] += d * d;
+        }
+}
+
+/* Chan et al.'s pairwise combination of the chunk stats, per (sample, group). */
+static void gn_combine(const gn_job *j, int64_t n, int64_t g, double *mean_out, double *var_out) {
+    int64_t cg = j->C / j->G;
+    double cnt = 0, mean = 0, m2 = 0;
+    for (int64_t k = 0; k < j->chunks; k++) {
+        const double *pm = j->part + (n * j->chunks + k) * 2 * j->C, *pv = pm + j->C;
+        double nb = (double)(imin(j->L, (k + 1) * GN_ROWS) - k * GN_ROWS);
+        for (int64_t c = g * cg; c < (g + 1) * cg; c++) {
+            double tot = cnt + nb, d = pm[c] - mean;
+            mean += d * nb / tot;
+            m2 += pv[c] + d * d * cnt * nb / tot;
+            cnt = tot;
+        }
+    }
+    *mean_out = mean;
+    *var_out = cnt > 0 ? m2 / cnt : 0;
+}
+
+/* y = ((x − hi) − lo)·scale + beta: x − hi is exact when x is near the mean. */
+SIMD_CLONES static void gn_apply_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const gn_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t r = lo; r < hi; r++) {
+        int64_t o = (r / j->L) * C;
+        const float *x = j->x + r * C, *mh = j->hi + o, *ml = j->lo + o, *sc = j->sc + o;
+        const float *bt = j->bt + o;
+        float *y = j->y + r * C;
+        if (j->silu)
+            for (int64_t c = 0; c < C; c++)
+                y[c] = silu_f(((x[c] - mh[c]) - ml[c]) * sc[c] + bt[c]);
+        else
+            for (int64_t c = 0; c < C; c++)
+                y[c] = ((x[c] - mh[c]) - ml[c]) * sc[c] + bt[c];
+    }
+}
+
+static easel_err cpu_group_norm(backend *be, tensor *y, const tensor *x, const tensor *gamma,
+                                const tensor *beta, int groups, float eps, int silu) {
+    static const char *OP = "group_norm";
+    NEED(y);
+    NEED(x);
+    NEED(gamma);
+    NEED(beta);
+    if (x->ndim < 2) return mismatch(OP, "x must be [N,...,C]", "x", x, "y", y);
+    if (!tensor_same_shape(y, x)) return mismatch(OP, "y and x differ", "y", y, "x", x);
+    int64_t N = x->ne[0], C = tensor_cols(x);
+    if (tensor_nelem(gamma) != C || tensor_nelem(beta) != C)
+        return mismatch(OP, "gamma and beta must be [C]", "gamma", gamma, "x", x);
+    if (groups < 1 || C % groups)
+        return easel_seterr(EASEL_EINVAL, "group_norm: %lld channels not divisible by %d groups",
+                            (long long)C, groups);
+    gn_job j = {.x = x->data,
+                .y = y->data,
+                .N = N,
+                .L = N ? tensor_rows(x) / N : 0,
+                .C = C,
+                .G = groups,
+                .silu = silu != 0};
+    if (N == 0 || C == 0 || j.L == 0) return EASEL_OK;
+    j.chunks = cdiv(j.L, GN_ROWS);
+    cpu_ctx *c = ctx_of(be);
+    size_t part = (size_t)(N * j.chunks * 2 * C), coef = (size_t)(N * C);
+    easel_err e =
+        grow(&c->shared, &c->shared_n, part * sizeof(double) + 4 * coef * sizeof(float), OP);
+    if (e) return e;
+    j.part = c->shared;
+    float *mh = (float *)(j.part + part), *ml = mh + coef, *sc = ml + coef, *bt = sc + coef;
+    threadpool_run(c->pool, (int)(N * j.chunks), gn_stats_task, &j);
+    const float *ga = gamma->data, *bb = beta->data;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < groups; g++) {
+            double mean, var;
+            gn_combine(&j, n, g, &mean, &var);
+            double rstd = 1.0 / sqrt(var + (double)eps);
+            float h = (float)mean, l = (float)(mean - (double)h);
+            for (int64_t ch = g * (C / groups); ch < (g + 1) * (C / groups); ch++) {
+                int64_t o = n * C + ch;
+                mh[o] = h, ml[o] = l, sc[o] = (float)(ga[ch] * rstd), bt[o] = bb[ch];
+            }
+        }
+    j.hi = mh, j.lo = ml, j.sc = sc, j.bt = bt;
+    par_for(c, N * j.L, cdiv(8192, C), gn_apply_range, &j);
+    return EASEL_OK;
+}
+
+/* --------------------------------------------------- layer norm, softmax */
+
+typedef struct {
+    const float *x, *g, *b;
+    float *y;
+    int64_t C;
+    float eps;
+} rows_job;
+
+/* Stats in double; y = ((x − hi) − lo)·rstd·gamma + beta as in group_norm. */
+SIMD_CLONES static void ln_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const rows_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = j->x + r * C;
+        float *y = j->y + r * C;
+        double mean = sum_d(x, C) / (double)C;
+        double var = sumsq_dev_d(x, C, mean) / (double)C;
+        float rstd = (float)(1.0 / sqrt(var + (double)j->eps));
+        float mh = (float)mean, ml = (float)(mean - (double)mh);
+        for (int64_t c = 0; c < C; c++)
+            y[c] = ((x[c] - mh) - ml) * rstd * j->g[c] + j->b[c];
+    }
+}
+
+static easel_err cpu_layer_norm(backend *be, tensor *y, const tensor *x, const tensor *gamma,
+                                const tensor *beta, float eps) {
+    static const char *OP = "layer_norm";
+    NEED(y);
+    NEED(x);
+    NEED(gamma);
+    NEED(beta);
+    if (!tensor_same_shape(y, x)) return mismatch(OP, "y and x differ", "y", y, "x", x);
+    int64_t C = tensor_cols(x);
+    if (tensor_nelem(gamma) != C || tensor_nelem(beta) != C)
+        return mismatch(OP, "gamma and beta must be [C]", "gamma", gamma, "x", x);
+    rows_job j = {x->data, gamma->data, beta->data, y->data, C, eps};
+    if (C > 0) par_for(ctx_of(be), tensor_rows(x), cdiv(8192, C), ln_range, &j);
+    return EASEL_OK;
+}
+
+static void softmax_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const rows_job *j = arg;
+    for (int64_t r = lo; r < hi; r++) {
+        if (j->y != j->x) memcpy(j->y + r * j->C, j->x + r * j->C, (size_t)j->C * sizeof(float));
+        softmax_row(j->y + r * j->C, j->C);
+    }
+}
+
+static easel_err cpu_softmax(backend *be, tensor *y, const tensor *x) {
+    static const char *OP = "softmax";
+    NEED(y);
+    NEED(x);
+    if (!tensor_same_shape(y, x)) return mismatch(OP, "y and x differ", "y", y, "x", x);
+    int64_t C = tensor_cols(x);
+    rows_job j = {x->data, NULL, NULL, y->data, C, 0};
+    if (C > 0) par_for(ctx_of(be), tensor_rows(x), cdiv(8192, C), softmax_range, &j);
+    return EASEL_OK;
+}
+
+/* ---------------------------------------------------------- elementwise */
+
+typedef struct {
+    const float *x, *z;
+    float *y;
+    int op;
+    float alpha, beta;
+    int64_t C; /* geglu: output width */
+} ew_job;
+
+SIMD_CLONES static void unary_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const ew_job *j = arg;
+    const float *x = j->x;
+    float *y = j->y;
+    if (j->op == UNARY_SILU)
+        for (int64_t i = lo; i < hi; i++)
+            y[i] = silu_f(x[i]);
+    else if (j->op == UNARY_GELU)
+        for (int64_t i = lo; i < hi; i++)
+            y[i] = gelu_f(x[i]);
+    else
+        for (int64_t i = lo; i < hi; i++)
+            y[i] = qgelu_f(x[i]);
+}
+
+static easel_err cpu_unary(backend *be, tensor *y, const tensor *x, unary_op op) {
+    static const char *OP = "unary";
+    NEED(y);
+    NEED(x);
+    if ((unsigned)op >= UNARY_COUNT) return easel_seterr(EASEL_EINVAL, "unary: bad op %d", op);
+    if (tensor_nelem(y) != tensor_nelem(x))
+        return mismatch(OP, "element counts differ", "y", y, "x", x);
+    ew_job j = {x->data, NULL, y->data, op, 0, 0, 0};
+    par_for(ctx_of(be), tensor_nelem(x), 1 << 14, unary_range, &j);
+    return EASEL_OK;
+}
+
+SIMD_CLONES static void geglu_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const ew_job *j = arg;
+    int64_t C = j->C;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *a = j->x + r * 2 * C, *g = a + C;
+        float *y = j->y + r * C;
+        for (int64_t c = 0; c < C; c++)
+            y[c] = a[c] * gelu_f(g[c]);
+    }
+}
+
+static easel_err cpu_geglu(backend *be, tensor *y, const tensor *x) {
+    static const char *OP = "geglu";
+    NEED(y);
+    NEED(x);
+    int64_t C2 = tensor_cols(x);
+    if (C2 % 2 || tensor_cols(y) * 2 != C2 || tensor_rows(y) != tensor_rows(x))
+        return mismatch(OP, "need x[...,2N] -> y[...,N]", "y", y, "x", x);
+    ew_job j = {x->data, NULL, y->data, 0, 0, 0, C2 / 2};
+    if (j.C > 0) par_for(ctx_of(be), tensor_rows(x), cdiv(1 << 14, j.C), geglu_range, &j);
+    return EASEL_OK;
+}
+
+/* Broadcasting: b's dims right-aligned to a's 4 (padded with 1s); zero
+ * strides where b has 1. Rows are a's last dim. */
+typedef struct {
+    const float *a, *b;
+    float *y;
+    int op;
+    int64_t an[4], bs[4]; /* a's dims, b's strides (0 = broadcast) */
+    int flat;             /* same element count: plain elementwise */
+} bin_job;
+
+static inline void bin_vec(float *y, const float *a, const float *b, int64_t n, int op) {
+    if (op == BINARY_ADD)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = a[i] + b[i];
+    else
+        for (int64_t i = 0; i < n; i++)
+            y[i] = a[i] * b[i];
+}
+
+static inline void bin_scalar(float *y, const float *a, float b, int64_t n, int op) {
+    if (op == BINARY_ADD)
+        for (int64_t i = 0; i < n; i++)
+            y[i] = a[i] + b;
+    else
+        for (int64_t i = 0; i < n; i++)
+            y[i] = a[i] * b;
+}
+
+SIMD_CLONES static void binary_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const bin_job *j = arg;
+    if (j->flat) {
+        bin_vec(j->y + lo, j->a + lo, j->b + lo, hi - lo, j->op);
+        return;
+    }
+    int64_t C = j->an[3];
+    for (int64_t r = lo; r < hi; r++) {
+        int64_t i2 = r % j->an[2], i1 = (r / j->an[2]) % j->an[1], i0 = r / (j->an[2] * j->an[1]);
+        const float *b = j->b + i0 * j->bs[0] + i1 * j->bs[1] + i2 * j->bs[2];
+        if (j->bs[3])
+            bin_vec(j->y + r * C, j->a + r * C, b, C, j->op);
+        else
+            bin_scalar(j->y + r * C, j->a + r * C, *b, C, j->op);
+    }
+}
+
+static easel_err cpu_binary(backend *be, tensor *y, const tensor *a, const tensor *b,
+                            binary_op op) {
+    static const char *OP = "binary";
+    NEED(y);
+    NEED(a);
+    NEED(b);
+    if ((unsigned)op >= BINARY_COUNT) return easel_seterr(EASEL_EINVAL, "binary: bad op %d", op);
+    if (tensor_nelem(y) != tensor_nelem(a))
+        return mismatch(OP, "y must have a's shape", "y", y, "a", a);
+    if (b->ndim > a->ndim) return mismatch(OP, "b has more dims than a", "a", a, "b", b);
+    bin_job j = {a->data, b->data, y->data, op, {1, 1, 1, 1}, {0, 0, 0, 0}, 0};
+    int64_t bn[4] = {1, 1, 1, 1};
+    for (int i = 0; i < a->ndim; i++)
+        j.an[4 - a->ndim + i] = a->ne[i];
+    for (int i = 0; i < b->ndim; i++)
+        bn[4 - b->ndim + i] = b->ne[i];
+    int64_t stride = 1;
+    for (int i = 3; i >= 0; i--) {
+        if (bn[i] != j.an[i] && bn[i] != 1)
+            return mismatch(OP, "b does not broadcast onto a", "a", a, "b", b);
+        j.bs[i] = bn[i] == 1 ? 0 : stride;
+        stride *= bn[i];
+    }
+    cpu_ctx *c = ctx_of(be);
+    if (tensor_nelem(b) == tensor_nelem(a)) {
+        j.flat = 1;
+        par_for(c, tensor_nelem(a), 1 << 14, binary_range, &j);
+    } else if (j.an[3] > 0) {
+        par_for(c, tensor_nelem(a) / j.an[3], cdiv(1 << 14, j.an[3]), binary_range, &j);
+    }
+    return EASEL_OK;
+}
+
+SIMD_CLONES static void axpby_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const ew_job *j = arg;
+    float al = j->alpha, bt = j->beta;
+    for (int64_t i = lo; i < hi; i++)
+        j->y[i] = al * j->x[i] + bt * j->z[i];
+}
+
+static easel_err cpu_axpby(backend *be, tensor *y, float alpha, const tensor *x, float beta,
+                           const tensor *z) {
+    static const char *OP = "axpby";
+    NEED(y);
+    NEED(x);
+    NEED(z);
+    if (!tensor_same_shape(x, z)) return mismatch(OP, "x and z differ", "x", x, "z", z);
+    if (tensor_nelem(y) != tensor_nelem(x)) return mismatch(OP, "y and x differ", "y", y, "x", x);
+    ew_job j = {x->data, z->data, y->data, 0, alpha, beta, 0};
+    par_for(ctx_of(be), tensor_nelem(x), 1 << 14, axpby_range, &j);
+    return EASEL_OK;
+}
+
+/* ------------------------------------------------- layout: up, concat, ... */
+
+typedef struct {
+    const float *a, *b;
+    float *y;
+    int64_t H, W, C, Cb;
+} lay_job;
+
+/* Rows are input rows (n, iy): build output row 2·iy, then copy it to 2·iy+1. */
+static void up_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const lay_job *j = arg;
+    int64_t W = j->W, C = j->C;
+    for (int64_t r = lo; r < hi; r++) {
+        const float *x = j->a + r * W * C;
+        float *y0 = j->y + r * 4 * W * C, *y1 = y0 + 2 * W * C;
+        for (int64_t ix = 0; ix < W; ix++) {
+            memcpy(y0 + 2 * ix * C, x + ix * C, (size_t)C * sizeof(float));
+            memcpy(y0 + (2 * ix + 1) * C, x + ix * C, (size_t)C * sizeof(float));
+        }
+        memcpy(y1, y0, (size_t)(2 * W * C) * sizeof(float));
+    }
+}
+
+static easel_err cpu_upsample2x(backend *be, tensor *y, const tensor *x) {
+    static const char *OP = "upsample2x";
+    NEED(y);
+    NEED(x);
+    if (x->ndim != 4 || y->ndim != 4 || y->ne[0] != x->ne[0] || y->ne[1] != 2 * x->ne[1] ||
+        y->ne[2] != 2 * x->ne[2] || y->ne[3] != x->ne[3])
+        return mismatch(OP, "need x[N,H,W,C] -> y[N,2H,2W,C]", "y", y, "x", x);
+    lay_job j = {x->data, NULL, y->data, x->ne[1], x->ne[2], x->ne[3], 0};
+    int64_t rows = x->ne[0] * x->ne[1];
+    if (j.W * j.C > 0) par_for(ctx_of(be), rows, cdiv(1 << 14, j.W * j.C), up_range, &j);
+    return EASEL_OK;
+}
+
+static void concat_range(void *arg, int64_t lo, int64_t hi, int thread) {
+    (void)thread;
+    const lay_job *j = arg;
+    int64_t Ca = j->C, Cb = j->Cb;
+    for (int64_t r = lo; r < hi; r++) {
+        float *y = j->y + r * (Ca + Cb);
+        memcpy(y, j->a + r * Ca, (size_t)Ca * sizeof(float));
+        memcpy(y + Ca, j->b + r * Cb, (size_t)Cb * sizeof(float));
+    }
+}
+
+static easel_err cpu_concat(backend *be, tensor *y, const tensor *a, const tensor *b) {
+    static const char *OP = "concat";
+    NEED(y);
+    NEED(a);
+    NEED(b);
+    int ok = a->ndim == b->ndim && y->ndim == a->ndim;
+    for (int i = 0; ok && i < a->ndim - 1; i++)
+        ok = a->ne[i] == b->ne[i] && y->ne[i] == a->ne[i];
+    if (!ok || tensor_cols(y) != tensor_cols(a) + tensor_cols(b))
+        return mismatch(OP, "need a[...,Ca], b[...,Cb] -> y[...,Ca+Cb]", "a", a, "b", b);
+    lay_job j = {a->data, b->data, y->data, 0, 0, tensor_cols(a), tensor_cols(b)};
+    int64_t width = j.C + j.Cb;
+    if (width > 0) par_for(ctx_of(be), tensor_rows(a), cdiv(1 << 14, width), concat_range, &j);
+    return EASEL_OK;
+}
+
+/* Computed in f32 in diffusers' order (exponent, exp, t·freq in f32), then
+ * sin/cos of that f32 argument, so results match get_timestep_embedding. */
+static easel_err cpu_timestep_embedding(backend *be, tensor *y, const float *t, int flip_sin_to_cos,
+                                        float downscale_freq_shift, float max_period) {
+    static const char *OP = "timestep_embedding";
+    (void)be;
+    NEED(y);
+    if (!t) return easel_seterr(EASEL_EINVAL, "timestep_embedding: t is NULL");
+    if (y->ndim != 2 || y->ne[1] < 2)
+        return easel_seterr(EASEL_EINVAL, "timestep_embedding: y must be [N,dim] with dim >= 2");
+    int64_t N = y->ne[0], dim = y->ne[1], half = dim / 2;
+    float *out = y->data;
+    float lnp = (float)(-log((double)max_period));
+    float den = (float)((double)half - (double)downscale_freq_shift);
+    for (int64_t n = 0; n < N; n++) {
+        float *row = out + n * dim;
+        for (int64_t i = 0; i < half; i++) {
+            float arg = t[n] * expf(lnp * (float)i / den);
+            float s = (float)sin((double)arg), c = (float)cos((double)arg);
+            row[i] = flip_sin_to_cos ? c : s;
+            row[half + i] = flip_sin_to_cos ? s : c;
+        }
+        if (dim % 2) row[dim - 1] = 0.0f;
+    }
+    return EASEL_OK;
+}
+
+static easel_err cpu_gather_rows(backend *be, tensor *y, const tensor *table, const int32_t *ids,
+                                 int64_t n) {
+    static const char *OP = "gather_rows";
+    (void)be;
+    NEED(y);
+    NEED(table);
+    if (!ids && n > 0) return easel_seterr(EASEL_EINVAL, "gather_rows: ids is NULL");
+    int64_t C = tensor_cols(table), V = tensor_rows(table);
+    if (n < 0 || tensor_rows(y) != n || tensor_cols(y) != C)
+        return mismatch(OP, "y must be [n,C] for table [V,C]", "y", y, "table", table);
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= V)
+            return easel_seterr(EASEL_EINVAL, "gather_rows: id %d at %lld is outside [0,%lld)",
+                                ids[i], (long long)i, (long long)V);
+    const float *tb = table->data;
+    float *out = y->data;
+    for (int64_t i = 0; i < n; i++)
+        memcpy(out + i * C, tb + (int64_t)ids[i] * C, (size_t)C * sizeof(float));
+    return EASEL_OK;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void cpu_destroy(backend *be) {
+    if (!be) return;
+    cpu_ctx *c = be->ctx;
+    if (c) {
+        threadpool_free(c->pool);
+        for (int t = 0; c->scratch && t < c->nthreads; t++)
+            free(c->scratch[t]);
+        free(c->scratch);
+        free(c->scratch_n);
+        free(c->shared);
+        free(c);
+    }
+    free(be);
+}
+
+static int env_int(const char *name, int dflt) {
+    const char *s = getenv(name);
+    if (!s || !*s) return dflt;
+    char *end;
+    long v = strtol(s, &end, 10);
+    return (*end || v <= 0 || v > INT_MAX) ? dflt : (int)v;
+}
+
+static int default_threads(void) {
+    int n = env_int("EASEL_THREADS", 0);
+    if (n > 0) return n;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return cores > 0 ? (int)cores : 1;
+}
+
+static void fill_ops(backend *be) {
+    be->destroy = cpu_destroy;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_upload;
+    be->download = cpu_download;
+    be->sync = cpu_sync;
+    be->copy = cpu_copy;
+    be->linear = cpu_linear;
+    be->bmm = cpu_bmm;
+    be->conv2d = cpu_conv2d;
+    be->group_norm = cpu_group_norm;
+    be->layer_norm = cpu_layer_norm;
+    be->softmax = cpu_softmax;
+    be->attention = cpu_attention;
+    be->unary = cpu_unary;
+    be->geglu = cpu_geglu;
+    be->binary = cpu_binary;
+    be->axpby = cpu_axpby;
+    be->upsample2x = cpu_upsample2x;
+    be->concat = cpu_concat;
+    be->timestep_embedding = cpu_timestep_embedding;
+    be->gather_rows = cpu_gather_rows;
+}
+
+backend *backend_cpu_create(int threads) {
+    int n = threads > 0 ? threads : default_threads();
+    if (n > CPU_MAX_THREADS) n = CPU_MAX_THREADS;
+    backend *be = calloc(1, sizeof *be);
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!be || !c) goto oom;
+    be->ctx = c;
+    c->nthreads = n;
+    c->conv_tile_px = env_int("EASEL_CONV_TILE", CONV_TILE_PX);
+    c->attn_tile = env_int("EASEL_ATTN_TILE", ATTN_TILE_Q);
+    c->blas_mode = env_int("EASEL_CPU_BLAS_THREADED", 0) > 0;
+    c->scratch = calloc((size_t)n, sizeof *c->scratch);
+    c->scratch_n = calloc((size_t)n, sizeof *c->scratch_n);
+    if (!c->scratch || !c->scratch_n) goto oom;
+    if (!(c->pool = threadpool_create(n))) {
+        cpu_destroy(be);
+        return NULL;
+    }
+    be->name = "cpu";
+    be->dev = DEV_CPU;
+    be->act_dtype = DT_F32;
+    fill_ops(be);
+    openblas_set_num_threads(c->blas_mode ? n : 1); /* see the header */
+    return be;
+oom:
+    easel_seterr(EASEL_ENOMEM, "backend_cpu_create: out of memory");
+    if (be)
+        be->ctx = c;
+    else
+        free(c);
+    cpu_destroy(be);
+    return NULL;
+}
+
+int backend_cpu_threads(const backend *be) {
+    return be && be->ctx && be->name && !strcmp(be->name, "cpu") ? ((cpu_ctx *)be->ctx)->nthreads
+                                                                 : 0;
+}
