@@ -329,10 +329,6 @@ static const char *tokenizer_config_json =
     "  \"pad_token\": \"<|endoftext|>\",\n  \"unk_token\": \"<|endoftext|>\",\n"
     "  \"do_lower_case\": true\n}\n";
 
-/* The built-in merges (models/tokenizer.c links models/data/clip_merges.txt
- * into the binary under these names). */
-extern const char easel_clip_merges[], easel_clip_merges_end[];
-
 /* vocab.json ({token: id}) of the built-in tokenizer. */
 static char *vocab_json(void) {
     tokenizer *t = NULL;
@@ -364,8 +360,9 @@ static easel_err write_tokenizer(const char *dir) {
     FILE *f = e ? NULL : fopen(p, "wb");
     if (!e && !f) e = easel_seterr(EASEL_EIO, "%s: %s", p, strerror(errno));
     if (f) {
-        size_t n = (size_t)(easel_clip_merges_end - easel_clip_merges);
-        int bad = fputs("#version: 0.2\n", f) < 0 || fwrite(easel_clip_merges, 1, n, f) != n;
+        size_t n = 0;
+        const char *merges = tokenizer_default_merges(&n);
+        int bad = fputs("#version: 0.2\n", f) < 0 || fwrite(merges, 1, n, f) != n;
         bad |= fclose(f) != 0;
         if (bad) e = easel_seterr(EASEL_EIO, "%s: write failed", p);
     }

@@ -822,3 +822,8 @@ easel_err tokenizer_encode(const tokenizer *t, const char *text, int32_t ids[TOK
     if (truncated) *truncated = o.n > TOKENIZER_MAX_LEN - 2;
     return EASEL_OK;
 }
+
+const char *tokenizer_default_merges(size_t *len) {
+    *len = (size_t)(easel_clip_merges_end - easel_clip_merges);
+    return easel_clip_merges;
+}

@@ -41,5 +41,8 @@ const char *tokenizer_token(const tokenizer *t, int32_t id);
 int32_t tokenizer_bos(const tokenizer *t);
 int32_t tokenizer_eos(const tokenizer *t);
 int32_t tokenizer_pad(const tokenizer *t);
+/* The built-in BPE merges as merges.txt lines (no "#version" line), for
+ * writing a diffusers tokenizer/ folder. Not NUL-terminated: *len bytes. */
+const char *tokenizer_default_merges(size_t *len);
 
 #endif
