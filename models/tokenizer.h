@@ -9,6 +9,7 @@
 #ifndef EASEL_TOKENIZER_H
 #define EASEL_TOKENIZER_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../engine/err.h"
