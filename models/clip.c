@@ -148,7 +148,7 @@ const clip_config *clip_get_config(const clip_model *m) {
 
 /* h += attn(ln1(h)) ; h += mlp(ln2(h)) */
 static easel_err layer_fwd(const clip_model *m, const clip_layer *l, arena *ar, tensor *h) {
-    backend *be = m->be;
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     easel_err err = EASEL_OK;
     tensor n = arena_like(ar, h);
@@ -177,7 +177,7 @@ done:
 easel_err clip_forward(const clip_model *m, arena *ar, const int32_t *ids, int batch, int skip,
                        tensor *out) {
     const clip_config *c = &m->c;
-    backend *be = m->be;
+    backend *be = arena_backend(ar);
     int64_t L = c->max_positions, D = c->hidden;
     if (batch < 1 || skip < 0 || skip >= c->layers || out->ndim != 3 || out->ne[0] != batch ||
         out->ne[1] != L || out->ne[2] != D)

@@ -359,7 +359,7 @@ typedef struct {
 /* temb_act = SiLU(linear_2(SiLU(linear_1(timestep_embedding(t))))), [B, temb_dim]. */
 static easel_err time_embed(const unet_model *m, arena *ar, const float *t, int64_t B,
                             tensor *temb_act) {
-    backend *be = m->be;
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     easel_err err = EASEL_OK;
     tensor e = arena_new2(ar, B, m->c.block_out_channels[0]);
@@ -379,8 +379,9 @@ static tensor new_like_ch(arena *ar, const tensor *x, int64_t ch) {
     return arena_new4(ar, x->ne[0], x->ne[1], x->ne[2], ch);
 }
 
-static easel_err down_fwd(const unet_model *m, const unet_block *b, arena *ar, tensor *h,
+static easel_err down_fwd(const unet_block *b, arena *ar, tensor *h,
                           const tensor *temb, const tensor *ctx, skip_stack *sk) {
+    backend *be = arena_backend(ar);
     easel_err err = EASEL_OK;
     for (int j = 0; j < b->nres; j++) {
         tensor o = new_like_ch(ar, h, b->res[j].out);
@@ -392,7 +393,7 @@ static easel_err down_fwd(const unet_model *m, const unet_block *b, arena *ar, t
     if (!b->has_sample) return EASEL_OK;
     tensor o = arena_new4(ar, h->ne[0], (h->ne[1] + 1) / 2, (h->ne[2] + 1) / 2, h->ne[3]);
     if ((err = arena_error(ar))) return err;
-    if ((err = m->be->conv2d(m->be, &o, h, &b->sample.w, &b->sample.b, 2, 1))) return err;
+    if ((err = be->conv2d(be, &o, h, &b->sample.w, &b->sample.b, 2, 1))) return err;
     *h = sk->t[sk->n++] = o;
     return EASEL_OK;
 }
@@ -413,8 +414,9 @@ done:
     return err;
 }
 
-static easel_err up_fwd(const unet_model *m, const unet_block *b, arena *ar, tensor *h,
+static easel_err up_fwd(const unet_block *b, arena *ar, tensor *h,
                         const tensor *temb, const tensor *ctx, skip_stack *sk) {
+    backend *be = arena_backend(ar);
     easel_err err = EASEL_OK;
     for (int j = 0; j < b->nres; j++) {
         const tensor *skip = &sk->t[--sk->n];
@@ -428,21 +430,22 @@ static easel_err up_fwd(const unet_model *m, const unet_block *b, arena *ar, ten
     tensor o = new_like_ch(ar, next, h->ne[3]);
     size_t mark = arena_mark(ar);
     tensor up = new_like_ch(ar, next, h->ne[3]);
-    if (!(err = arena_error(ar)) && !(err = nn_upsample_to(m->be, ar, &up, h)))
-        err = m->be->conv2d(m->be, &o, &up, &b->sample.w, &b->sample.b, 1, 1);
+    if (!(err = arena_error(ar)) && !(err = nn_upsample_to(be, ar, &up, h)))
+        err = be->conv2d(be, &o, &up, &b->sample.w, &b->sample.b, 1, 1);
     arena_release(ar, mark);
     *h = o;
     return err;
 }
 
 static easel_err out_fwd(const unet_model *m, arena *ar, const tensor *h, tensor *out) {
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     easel_err err = EASEL_OK;
     tensor n = arena_like(ar, h);
     TRY(arena_error(ar));
-    TRY(m->be->group_norm(m->be, &n, h, &m->norm_out.w, &m->norm_out.b, m->c.norm_num_groups,
-                          m->c.norm_eps, 1));
-    TRY(m->be->conv2d(m->be, out, &n, &m->conv_out.w, &m->conv_out.b, 1, 1));
+    TRY(be->group_norm(be, &n, h, &m->norm_out.w, &m->norm_out.b, m->c.norm_num_groups,
+                 m->c.norm_eps, 1));
+    TRY(be->conv2d(be, out, &n, &m->conv_out.w, &m->conv_out.b, 1, 1));
 done:
     arena_release(ar, mark);
     return err;
@@ -468,6 +471,7 @@ easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const fl
                        const tensor *ctx, tensor *out) {
     easel_err err = check_io(m, x, ctx, out);
     if (err) return err;
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     int64_t B = x->ne[0];
     skip_stack sk = {.n = 0};
@@ -475,10 +479,10 @@ easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const fl
     tensor h = new_like_ch(ar, x, m->c.block_out_channels[0]);
     TRY(arena_error(ar));
     TRY(time_embed(m, ar, t, B, &temb));
-    TRY(m->be->conv2d(m->be, &h, x, &m->conv_in.w, &m->conv_in.b, 1, 1));
+    TRY(be->conv2d(be, &h, x, &m->conv_in.w, &m->conv_in.b, 1, 1));
     sk.t[sk.n++] = h;
     for (int i = 0; i < m->c.levels; i++)
-        TRY(down_fwd(m, &m->down[i], ar, &h, &temb, ctx, &sk));
+        TRY(down_fwd(&m->down[i], ar, &h, &temb, ctx, &sk));
     tensor mid = arena_like(ar, &h);
     TRY(arena_error(ar));
     TRY(nn_resnet_fwd(&m->mid_res[0], ar, &h, &temb, &mid));
@@ -486,7 +490,7 @@ easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const fl
     TRY(nn_resnet_fwd(&m->mid_res[1], ar, &mid, &temb, &mid));
     h = mid;
     for (int i = 0; i < m->c.levels; i++)
-        TRY(up_fwd(m, &m->up[i], ar, &h, &temb, ctx, &sk));
+        TRY(up_fwd(&m->up[i], ar, &h, &temb, ctx, &sk));
     TRY(out_fwd(m, ar, &h, out));
 done:
     arena_release(ar, mark);

@@ -189,13 +189,14 @@ const vae_config *vae_get_config(const vae_model *m) {
 
 /* x += attn(group_norm(x)), single head over all H·W positions. */
 static easel_err attn_fwd(const vae_model *m, arena *ar, tensor *x) {
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     easel_err err = EASEL_OK;
     tensor xs = tensor_3d(x->data, x->dt, x->dev, x->ne[0], x->ne[1] * x->ne[2], x->ne[3]);
     tensor n = arena_like(ar, &xs);
     TRY(arena_error(ar));
-    TRY(m->be->group_norm(m->be, &n, &xs, &m->mid_attn.norm.w, &m->mid_attn.norm.b,
-                          m->c.norm_num_groups, VAE_EPS, 0));
+    TRY(be->group_norm(be, &n, &xs, &m->mid_attn.norm.w, &m->mid_attn.norm.b,
+                       m->c.norm_num_groups, VAE_EPS, 0));
     TRY(nn_attn_fwd(&m->mid_attn.attn, ar, &xs, &n, NULL));
 done:
     arena_release(ar, mark);
@@ -203,7 +204,8 @@ done:
 }
 
 /* The block's ResNets (in place when the channels stay), then conv(up2x(h)). */
-static easel_err up_fwd(const vae_model *m, const vae_block *b, arena *ar, tensor *h) {
+static easel_err up_fwd(const vae_block *b, arena *ar, tensor *h) {
+    backend *be = arena_backend(ar);
     easel_err err = EASEL_OK;
     for (int j = 0; j < b->nres; j++) {
         tensor o = *h;
@@ -217,8 +219,8 @@ static easel_err up_fwd(const vae_model *m, const vae_block *b, arena *ar, tenso
     tensor o = arena_new4(ar, h->ne[0], 2 * h->ne[1], 2 * h->ne[2], h->ne[3]);
     size_t mark = arena_mark(ar);
     tensor u = arena_like(ar, &o);
-    if (!(err = arena_error(ar)) && !(err = m->be->upsample2x(m->be, &u, h)))
-        err = m->be->conv2d(m->be, &o, &u, &b->up.w, &b->up.b, 1, 1);
+    if (!(err = arena_error(ar)) && !(err = be->upsample2x(be, &u, h)))
+        err = be->conv2d(be, &o, &u, &b->up.w, &b->up.b, 1, 1);
     arena_release(ar, mark);
     *h = o;
     return err;
@@ -239,7 +241,7 @@ static easel_err check_io(const vae_model *m, const tensor *z, const tensor *img
 easel_err vae_decode(const vae_model *m, arena *ar, const tensor *z, tensor *img) {
     easel_err err = check_io(m, z, img);
     if (err) return err;
-    backend *be = m->be;
+    backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     int top = m->c.block_out_channels[m->c.levels - 1];
     tensor zs = arena_like(ar, z), zq = arena_like(ar, z);
@@ -253,7 +255,7 @@ easel_err vae_decode(const vae_model *m, arena *ar, const tensor *z, tensor *img
     TRY(attn_fwd(m, ar, &h));
     TRY(nn_resnet_fwd(&m->mid_res[1], ar, &h, NULL, &h));
     for (int i = 0; i < m->c.levels; i++) {
-        TRY(up_fwd(m, &m->up[i], ar, &h));
+        TRY(up_fwd(&m->up[i], ar, &h));
         TRY(nn_compact(ar, base, &h)); /* the block's input and temporaries are dead */
     }
     tensor n = arena_like(ar, &h);
