@@ -12,6 +12,11 @@ typedef struct {
 
 static const command commands[] = {
     {"info", cmd_info, "devices, build options, model"},
+    {"inspect", cmd_inspect, "validate a .safetensors file; list its metadata and tensors"},
+    {"generate", cmd_generate, "txt2img from the command line: --model --prompt --out"},
+    {"serve", cmd_serve, "the HTTP job service: --model --port --data-dir --workers (see --help)"},
+    {"make-model", cmd_make_model, "write a random-weight model (tiny or sd15) to run without downloads"},
+    {"bench", cmd_bench, "benchmarks: `easel bench ops` (backend ops vs sgemm)"},
 };
 
 static void usage(FILE *f) {
