@@ -100,6 +100,23 @@ struct backend {
 backend *backend_cpu_create(int threads);
 int backend_cpu_threads(const backend *be);
 
+/* CUDA backend (kernels/backend_cuda.c; present only when built with
+ * EASEL_HAVE_CUDA): one worker on GPU `device` (< 0: $EASEL_CUDA_DEVICE or 0)
+ * with its own stream, cuBLASLt handle, scratch and graph cache; act_dtype
+ * f16. Memory of any cuda backend on the device is usable by all, so weights
+ * loaded through one are shared by every worker. NULL with a message (no
+ * device, driver missing, out of memory) on failure. */
+backend *backend_cuda_create(int device);
+/* Runs step(user) (one UNet step of shape batch x height x width) through a
+ * CUDA graph cached per shape on this worker: eager the first time, captured
+ * the second, replayed after; eager whenever capture is not possible. */
+easel_err backend_cuda_run_graph(backend *be, int batch, int height, int width,
+                                 easel_err (*step)(void *user), void *user);
+/* engine/backend_select.c: want "cpu", "cuda" or "auto" (NULL = "auto").
+ * "auto" takes CUDA when compiled in and a device works, else the CPU backend
+ * (logging one line that says why). NULL with a message on failure. */
+backend *backend_auto_create(const char *want, int threads);
+
 /* Helpers on top of the interface. */
 /* Allocate a tensor's data with be->alloc (dtype be->act_dtype unless dt given). */
 easel_err backend_tensor_alloc(backend *be, tensor *t, dtype dt, int ndim, const int64_t *ne);

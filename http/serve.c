@@ -54,7 +54,8 @@ static void usage(FILE *f) {
         "  --default-steps N    steps when a request gives none (20)\n"
         "  --shutdown-grace DUR on SIGTERM, wait this long for running jobs, then requeue (10s)\n"
         "  --store-sync full|normal  fsync every job-store commit (full: survives power loss)\n"
-        "                       or not (normal: survives a crash of the process; faster)\n"
+        "                       or not (normal, the default: survives any crash of the process,\n"
+        "                       kill -9 included; only a power loss may drop the last commits)\n"
         "  --max-body BYTES     request body cap (65536)\n"
         "  --conn-limit N  --per-ip-limit N  --conn-timeout DUR   connection limits\n"
         "  --static-dir DIR  --openapi FILE   the demo page and API description\n"
@@ -97,7 +98,7 @@ static void defaults(serve_opts *o) {
     o->http_threads = cores > 0 ? (int)cores : 2;
     o->default_w = o->default_h = 512, o->default_steps = 20, o->calibrate = 1;
     o->conn_limit = 1024, o->per_ip_limit = 256, o->conn_timeout_s = 30, o->body_max = 65536;
-    o->shutdown_grace_s = 10, o->sync_full = 1;
+    o->shutdown_grace_s = 10, o->sync_full = 0;
     o->static_dir = EASEL_SOURCE_DIR "/http/static";
     o->openapi = EASEL_SOURCE_DIR "/docs/openapi.yaml";
 }
