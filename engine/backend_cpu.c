@@ -4,6 +4,15 @@
  * with our own vectorisable exp/erf, compiled per ISA (SIMD_CLONES). Every
  * non-trivial op is spread over the backend's own thread pool (threadpool.h).
  *
+ * On CPUs with AVX-512 our own kernels replace OpenBLAS for the big GEMMs:
+ * linear and conv2d with >= 32 rows and >= 16 outputs ("GEMM, AVX-512
+ * kernels") and non-causal attention with >= 64 keys ("attention, AVX-512
+ * kernels": K/V packed once per head, exact softmax in an L2 tile); the GEMM
+ * only while OpenBLAS runs its AVX2 kernels, as OPENBLAS_CORETYPE=Haswell
+ * makes it here. At 512² a CFG UNet step went from 18.4 to 13.4 CPU-seconds
+ * (2 threads; bench/results/2026-11-25-cpu-profile.md). Everything else, and
+ * every CPU without AVX-512, takes the OpenBLAS paths below.
+ *
  * Threading decision: OpenBLAS runs single-threaded (openblas_set_num_threads(1),
  * process-wide, at create) and we partition every GEMM over our pool: row or
  * column blocks (gemm_par), conv tiles of output pixels (each thread im2cols
@@ -23,10 +32,13 @@
  *
  * Knobs: backend_cpu_create(n), n = 0 -> $EASEL_THREADS if set and positive,
  * else all online cores. EASEL_CONV_TILE (output pixels per conv tile, 256),
- * EASEL_ATTN_TILE (query rows per attention task, 256) and
- * EASEL_CPU_BLAS_THREADED=1 (let OpenBLAS thread the GEMMs instead) exist for
- * measurements. Scratch: per thread, grown on demand, at most ~64 MB for conv
- * tiles; kept until destroy. */
+ * EASEL_ATTN_TILE (query rows per attention task, 256),
+ * EASEL_CPU_BLAS_THREADED=1 (let OpenBLAS thread the GEMMs instead) and
+ * EASEL_CPU_AVX512=0 (never our AVX-512 kernels; =1: also our GEMM where
+ * OpenBLAS has AVX-512 kernels, see cpu_pick_kernels) exist for measurements.
+ * Scratch: per thread, grown on demand, at most ~64 MB for conv tiles; packed
+ * GEMM weights (up to ~60 MB for SD1.5) and attention K/V (~23 MB at 512²)
+ * in shared buffers; all kept until destroy. */
 #include <cblas.h>
 #include <limits.h>
 #include <math.h>
@@ -53,13 +65,24 @@
 #define SIMD_CLONES
 #endif
 
+/* Our AVX-512 kernels (attention, GEMM): GCC on x86-64, chosen at create
+ * when the CPU has AVX-512F (cpu_ctx.avx512). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#include <immintrin.h>
+#define FA_HAVE 1
+#define FA_TARGET __attribute__((target("avx512f,fma")))
+#endif
+
 typedef struct {
     threadpool *pool;
     int nthreads;
-    int conv_tile_px;  /* tuning knobs, from env at create (see header) */
-    int attn_tile;     /* query rows per attention task */
-    int blas_mode;     /* 1: OpenBLAS threads the GEMMs instead (for comparison) */
-    int flash;         /* 0: attention always through sgemm (EASEL_CPU_FLASH=0) */
+    int conv_tile_px; /* tuning knobs, from env at create (see header) */
+    int attn_tile;    /* query rows per attention task */
+    int blas_mode;    /* 1: OpenBLAS threads the GEMMs instead (for comparison) */
+    int avx512;       /* our AVX-512 attention: the CPU has it, EASEL_CPU_AVX512 != 0 */
+    int own_gemm;     /* our AVX-512 GEMM: as avx512, and OpenBLAS runs AVX2 kernels */
+    void *wpack;      /* GEMM weights packed for the op in flight */
+    size_t wpack_n;
     void **scratch;    /* per thread */
     size_t *scratch_n; /* bytes */
     void *shared;      /* one buffer for the op in flight (partials, im2col) */
@@ -478,6 +501,11 @@ static void gemm_par(cpu_ctx *c, gemm_job *g, int threads) {
     run_gemm_tasks(c, g->nmb * nnb, gemm_task, g);
 }
 
+/* Our AVX-512 GEMM (defined after conv2d, which it shares conv_job with). */
+static int gm_usable(const cpu_ctx *c, int64_t M, int64_t N);
+static easel_err gm_linear(cpu_ctx *c, float *y, const float *x, const float *w, const float *b,
+                           int64_t M, int64_t N, int64_t K);
+
 /* ------------------------------------------------------ linear and bmm */
 
 static easel_err cpu_linear(backend *be, tensor *y, const tensor *x, const tensor *w,
@@ -496,6 +524,8 @@ static easel_err cpu_linear(backend *be, tensor *y, const tensor *x, const tenso
     if (!fits_int(M) || !fits_int(N) || !fits_int(K))
         return easel_seterr(EASEL_EINVAL, "linear: dims too large for BLAS");
     cpu_ctx *c = ctx_of(be);
+    if (gm_usable(c, M, N))
+        return gm_linear(c, y->data, x->data, w->data, b ? b->data : NULL, M, N, K);
     gemm_job g = {(int)M,
                   (int)N,
                   (int)K,
@@ -661,6 +691,8 @@ static easel_err conv_check(const char *OP, const tensor *y, const tensor *x, co
     return EASEL_OK;
 }
 
+static easel_err gm_run(cpu_ctx *c, const conv_job *j);
+
 static easel_err cpu_conv2d(backend *be, tensor *y, const tensor *x, const tensor *w,
                             const tensor *b, int stride, int pad) {
     static const char *OP = "conv2d";
@@ -672,6 +704,7 @@ static easel_err cpu_conv2d(backend *be, tensor *y, const tensor *x, const tenso
     easel_err e = conv_check(OP, y, x, w, b, stride, pad, &j);
     if (e || j.P == 0 || j.Co == 0) return e;
     cpu_ctx *c = ctx_of(be);
+    if (gm_usable(c, j.P, j.Co)) return gm_run(c, &j);
     int T = c->blas_mode ? 1 : c->nthreads;
     if (j.KH == 1 && j.KW == 1 && stride == 1 && pad == 0) { /* a plain GEMM over pixels */
         gemm_job g = {(int)j.P, (int)j.Co, (int)j.K, j.x,       (int)j.K, j.w, (int)j.K, 1,
@@ -699,6 +732,229 @@ static easel_err cpu_conv2d(backend *be, tensor *y, const tensor *x, const tenso
     j.scratch = c->scratch;
     run_gemm_tasks(c, (int)cdiv(j.P, tile), conv_tile_task, &j);
     return EASEL_OK;
+}
+
+/* ----------------------------------------------- GEMM, AVX-512 kernels */
+
+/* Where the CPU has AVX-512 (FA_HAVE builds, not blas_mode), linear and conv2d
+ * with M >= GM_MIN_M rows and N >= GM_MIN_N outputs use our own GEMM instead of
+ * OpenBLAS: the OpenBLAS here is pinned to its AVX2 kernels
+ * (OPENBLAS_CORETYPE=Haswell, see ANCHORS.md), half the width of the machine.
+ * BLIS-style: W [N,K] is packed once per call into panels [K][GM_NR]; each task
+ * owns a block of rows (and, when rows are few, of columns; then it packs its
+ * slices of W itself, in cache) and runs a GM_MR x GM_NR register tile (24 zmm
+ * accumulators) over GM_KC-long slices of A's rows: x itself for a linear or
+ * 1x1 conv, else the im2col rows, gathered straight from x into a row-major
+ * block. Accumulation is fp32 FMA in k order. The tile sizes here and
+ * FA_MV/FA_PV below may be set with -D for experiments; 6x64, 8x48 and 14x32
+ * tiles and 8-row O tiles measured no better, within the machine's noise. */
+#ifdef FA_HAVE
+#ifndef GM_MR
+#define GM_MR 12
+#define GM_NR 32
+#define GM_KC 256 /* a W micro-panel (GM_KC x GM_NR) stays in L1 */
+#define GM_MC 192 /* an A block (GM_MC x GM_KC) stays in L2 */
+#endif
+#define GM_NV (GM_NR / 16)
+#define GM_MIN_M 32
+#define GM_MIN_N 16
+#define GM_GLOBAL_PACK 2 /* row blocks from which W is packed once up front */
+#define GM_ONE_BLOCK 768 /* up to this many rows: one row block */
+
+typedef struct {
+    const conv_job *a; /* A = the im2col matrix of a (a linear is a 1x1 conv) */
+    const float *wp;   /* W packed: [cdiv(N, GM_NR)][K][GM_NR], zero-padded */
+    const float *w;
+    float *y;
+    const float *bias;
+    int64_t M, N, K, mc, nc, nmb;
+    int linear;     /* A is x as it is ([M,K] rows): no im2col */
+    void **scratch; /* per thread: the A block */
+} gm_job;
+
+/* Row p of A, columns [k0, k0 + kc), into dst (zeros past the last row):
+ * one copy per kernel window, which NHWC makes contiguous. */
+static void gm_pack_row(const conv_job *j, int64_t p, int64_t k0, int64_t kc, float *dst) {
+    if (p >= j->P) {
+        memset(dst, 0, (size_t)kc * sizeof(float));
+        return;
+    }
+    int64_t hw = j->Ho * j->Wo, n = p / hw, oy = (p % hw) / j->Wo, ox = p % j->Wo, Ci = j->Ci;
+    for (int64_t k = k0, end = k0 + kc; k < end;) {
+        int64_t win = k / Ci, ci = k % Ci, seg = imin(Ci - ci, end - k);
+        int64_t iy = oy * j->stride - j->pad + win / j->KW,
+                ix = ox * j->stride - j->pad + win % j->KW;
+        if (iy < 0 || iy >= j->H || ix < 0 || ix >= j->W)
+            memset(dst + (k - k0), 0, (size_t)seg * sizeof(float));
+        else
+            memcpy(dst + (k - k0), j->x + ((n * j->H + iy) * j->W + ix) * Ci + ci,
+                   (size_t)seg * sizeof(float));
+        k += seg;
+    }
+}
+
+/* W rows [n0, n0 + GM_NR), columns [k0, k0 + kc) into dst as [kc][GM_NR]
+ * (zero rows past N). By slices of GM_KC columns: each row's slice is read
+ * sequentially, the slice's destination (GM_KC x GM_NR) stays in L1. */
+static void gm_pack_w(const gm_job *g, int64_t n0, int64_t k0, int64_t kc, float *dst) {
+    int64_t live = imin(GM_NR, g->N - n0);
+    for (int64_t s0 = 0; s0 < kc; s0 += GM_KC) {
+        int64_t sn = imin(GM_KC, kc - s0);
+        float *d = dst + s0 * GM_NR;
+        for (int64_t c = 0; c < GM_NR; c++) {
+            const float *src = g->w + (n0 + c) * g->K + k0 + s0;
+            if (c < live)
+                for (int64_t k = 0; k < sn; k++)
+                    d[k * GM_NR + c] = src[k];
+            else
+                for (int64_t k = 0; k < sn; k++)
+                    d[k * GM_NR + c] = 0.0f;
+        }
+    }
+}
+
+static void gm_pack_w_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const gm_job *g = ctx;
+    gm_pack_w(g, (int64_t)task * GM_NR, 0, g->K, (float *)g->wp + (int64_t)task * g->K * GM_NR);
+}
+
+/* c[GM_MR][GM_NR] (row stride ldc) = (acc ? c : 0) + a[GM_MR][kc] (row stride
+ * lda) · b[kc][GM_NR]. A is read in place: GM_MR sequential broadcast streams. */
+FA_TARGET static void gm_kernel(int64_t kc, const float *a, int64_t lda, const float *b, float *c,
+                                int64_t ldc, int acc) {
+    __m512 t[GM_MR][GM_NV];
+    for (int r = 0; r < GM_MR; r++)
+        for (int v = 0; v < GM_NV; v++)
+            t[r][v] = acc ? _mm512_loadu_ps(c + r * ldc + 16 * v) : _mm512_setzero_ps();
+    for (int64_t k = 0; k < kc; k++) {
+        __m512 bv[GM_NV];
+        for (int v = 0; v < GM_NV; v++)
+            bv[v] = _mm512_loadu_ps(b + k * GM_NR + 16 * v);
+        for (int r = 0; r < GM_MR; r++) {
+            __m512 av = _mm512_set1_ps(a[r * lda + k]);
+            for (int v = 0; v < GM_NV; v++)
+                t[r][v] = _mm512_fmadd_ps(av, bv[v], t[r][v]);
+        }
+    }
+    for (int r = 0; r < GM_MR; r++)
+        for (int v = 0; v < GM_NV; v++)
+            _mm512_storeu_ps(c + r * ldc + 16 * v, t[r][v]);
+}
+
+/* One register tile of C at (m, n) with mr x nr valid; edges go through a
+ * local full tile. */
+static void gm_tile(const gm_job *g, const float *a, int64_t lda, const float *b, int64_t kc,
+                    int64_t m, int64_t n, int64_t mr, int64_t nr, int acc) {
+    float *c = g->y + m * g->N + n;
+    if (mr == GM_MR && nr == GM_NR) {
+        gm_kernel(kc, a, lda, b, c, g->N, acc);
+        return;
+    }
+    float t[GM_MR * GM_NR];
+    for (int64_t r = 0; r < GM_MR; r++)
+        for (int64_t q = 0; q < GM_NR; q++)
+            t[r * GM_NR + q] = acc && r < mr && q < nr ? c[r * g->N + q] : 0.0f;
+    gm_kernel(kc, a, lda, b, t, GM_NR, 1);
+    for (int64_t r = 0; r < mr; r++)
+        memcpy(c + r * g->N, t + r * GM_NR, (size_t)nr * sizeof(float));
+}
+
+static void gm_task(void *ctx, int task, int thread) {
+    const gm_job *g = ctx;
+    int64_t m0 = (task % g->nmb) * g->mc, n0 = (task / g->nmb) * g->nc;
+    int64_t m1 = imin(g->M, m0 + g->mc), n1 = imin(g->N, n0 + g->nc);
+    float *ap = g->scratch[thread], *bp = ap + g->mc * GM_KC;
+    for (int64_t k0 = 0; k0 < g->K; k0 += GM_KC) {
+        int64_t kc = imin(GM_KC, g->K - k0);
+        /* A rows in place when A is x itself (a linear), except a last partial panel */
+        int64_t direct = g->linear ? (m1 / GM_MR) * GM_MR : m0;
+        for (int64_t i = imax(m0, direct); i < m1; i += GM_MR)
+            for (int r = 0; r < GM_MR; r++)
+                gm_pack_row(g->a, i + r, k0, kc, ap + (i - m0 + r) * kc);
+        if (!g->wp) /* few row blocks: this slice of W, packed here, in cache */
+            for (int64_t n = n0; n < n1; n += GM_NR)
+                gm_pack_w(g, n, k0, kc, bp + (n - n0) * kc);
+        for (int64_t n = n0; n < n1; n += GM_NR) {
+            const float *b =
+                g->wp ? g->wp + (n / GM_NR) * g->K * GM_NR + k0 * GM_NR : bp + (n - n0) * kc;
+            for (int64_t i = m0; i < m1; i += GM_MR) {
+                int in_x = i < direct;
+                const float *a = in_x ? g->a->x + i * g->K + k0 : ap + (i - m0) * kc;
+                gm_tile(g, a, in_x ? g->K : kc, b, kc, i, n, imin(GM_MR, m1 - i),
+                        imin(GM_NR, n1 - n), k0 > 0);
+            }
+        }
+    }
+    if (g->bias)
+        add_bias(g->y + m0 * g->N + n0, (int)g->N, (int)(m1 - m0), (int)(n1 - n0), g->bias + n0);
+}
+
+static int gm_usable(const cpu_ctx *c, int64_t M, int64_t N) {
+    return c->own_gemm && !c->blas_mode && M >= GM_MIN_M && N >= GM_MIN_N;
+}
+
+/* y[P,Co] = im2col(j)[P,K] · w[Co,K]^T + b, for a checked conv_job. Row blocks
+ * of GM_MC; when they are fewer than 2 per thread, column blocks too. */
+static easel_err gm_run(cpu_ctx *c, const conv_job *j) {
+    gm_job g = {.a = j, .w = j->w, .y = j->y, .bias = j->b, .M = j->P, .N = j->Co, .K = j->K};
+    g.linear = j->KH == 1 && j->KW == 1 && j->stride == 1 && j->pad == 0;
+    int64_t panels = cdiv(g.N, GM_NR), T = c->nthreads;
+    g.mc = cdiv(g.M, GM_MR) * GM_MR; /* few rows: one block, W packed once, in slices */
+    if (g.mc > GM_ONE_BLOCK) g.mc = GM_MC;
+    g.nmb = cdiv(g.M, g.mc);
+    int64_t nsplit = g.nmb >= 2 * T ? 1 : imin(panels, cdiv(2 * T, g.nmb));
+    g.nc = cdiv(panels, nsplit) * GM_NR;
+    int64_t tasks = g.nmb * cdiv(g.N, g.nc);
+    if (tasks > INT_MAX || panels > INT_MAX)
+        return easel_seterr(EASEL_EINVAL, "gemm: too many blocks");
+    /* W packed once for all row blocks, or per task and K slice when there
+     * are few (then each slice of W is still packed only nmb times) */
+    int global = g.nmb >= GM_GLOBAL_PACK;
+    easel_err e = EASEL_OK;
+    if (global)
+        e = grow(&c->wpack, &c->wpack_n, (size_t)(panels * GM_NR * g.K) * sizeof(float), "gemm");
+    if (!e)
+        e = thread_scratch(c, (size_t)((g.mc + (global ? 0 : g.nc)) * GM_KC) * sizeof(float),
+                           "gemm");
+    if (e) return e;
+    g.wp = global ? c->wpack : NULL;
+    g.scratch = c->scratch;
+    if (global) threadpool_run(c->pool, (int)panels, gm_pack_w_task, &g);
+    threadpool_run(c->pool, (int)tasks, gm_task, &g);
+    return EASEL_OK;
+}
+#else
+static int gm_usable(const cpu_ctx *c, int64_t M, int64_t N) {
+    (void)c, (void)M, (void)N;
+    return 0;
+}
+static easel_err gm_run(cpu_ctx *c, const conv_job *j) {
+    (void)c, (void)j;
+    return easel_seterr(EASEL_EINTERNAL, "gemm: no AVX-512 kernels in this build");
+}
+#endif
+
+/* A linear is a 1x1 conv over M "pixels" of K channels. */
+static easel_err gm_linear(cpu_ctx *c, float *y, const float *x, const float *w, const float *b,
+                           int64_t M, int64_t N, int64_t K) {
+    conv_job j = {.x = x,
+                  .w = w,
+                  .b = b,
+                  .y = y,
+                  .N = 1,
+                  .H = M,
+                  .W = 1,
+                  .Ci = K,
+                  .Co = N,
+                  .KH = 1,
+                  .KW = 1,
+                  .Ho = M,
+                  .Wo = 1,
+                  .P = M,
+                  .K = K,
+                  .stride = 1};
+    return gm_run(c, &j);
 }
 
 /* ------------------------------------------------------------ attention */
@@ -747,16 +1003,19 @@ static void attn_task(void *ctx, int task, int thread) {
  * micro-kernels: S = Q·K^T (FA_MR rows x FA_NR keys in 16 zmm accumulators),
  * exact row softmax in an L2-sized score tile, then O = P·V (FA_MV rows x up
  * to 64 columns). Same arithmetic as the sgemm path (fp32, max-subtracted
- * softmax), so results agree to rounding. EASEL_CPU_FLASH=0 turns it off. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#include <immintrin.h>
-#define FA_HAVE 1
-#define FA_TARGET __attribute__((target("avx512f,fma")))
-#define FA_MR 8    /* query rows per S micro-tile */
-#define FA_NR 32   /* keys per S micro-tile = keys per K panel */
-#define FA_MV 4    /* query rows per O micro-tile */
-#define FA_JB 128  /* keys per O pass: the V block stays in L1 */
-#define FA_MIN_LK 128
+ * softmax), so results agree to rounding. EASEL_CPU_AVX512=0 turns it off. */
+#ifdef FA_HAVE
+#define FA_MR 8  /* query rows per S micro-tile */
+#define FA_NR 32 /* keys per S micro-tile = keys per K panel */
+#ifndef FA_MV
+#define FA_MV 4 /* query rows per O micro-tile */
+#define FA_PV 4 /* at most this many 16-column vectors per O micro-tile */
+#endif
+_Static_assert(FA_MR % FA_MV == 0 && FA_PV <= 4, "O tiles must tile the S tiles' rows");
+#define FA_JB 128 /* keys per O pass: the V block stays in L1 */
+#ifndef FA_MIN_LK
+#define FA_MIN_LK 64
+#endif
 #define FA_TILE_BYTES ((size_t)512 << 10) /* score tile: stays in L2 */
 
 typedef struct {
@@ -795,7 +1054,8 @@ FA_TARGET static void fa_qk_tile(const float *q, int64_t D, const float *panel, 
     for (int r = 0; r < FA_MR; r++)
         acc[r][0] = acc[r][1] = _mm512_setzero_ps();
     for (int64_t d = 0; d < D; d++) {
-        __m512 k0 = _mm512_loadu_ps(panel + d * FA_NR), k1 = _mm512_loadu_ps(panel + d * FA_NR + 16);
+        __m512 k0 = _mm512_loadu_ps(panel + d * FA_NR),
+               k1 = _mm512_loadu_ps(panel + d * FA_NR + 16);
         for (int r = 0; r < FA_MR; r++) {
             __m512 qv = _mm512_set1_ps(q[r * D + d]);
             acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
@@ -846,15 +1106,16 @@ FA_TARGET static float fa_exp_row(float *x, int64_t n, int64_t np, float mx) {
 
 /* o[FA_MV][16·nv] (row stride ldo) += p[FA_MV][0..n) · v[0..n)[16·nv] (stride ldv).
  * nv is a constant at every call, so each width gets its own register tile. */
-FA_TARGET static inline __attribute__((always_inline)) void
-fa_pv_tile(const float *p, int64_t ldp, int64_t n, const float *v, int64_t ldv, float *o,
-           int64_t ldo, const int nv) {
-    __m512 acc[FA_MV][4];
+FA_TARGET static inline __attribute__((always_inline)) void fa_pv_tile(const float *p, int64_t ldp,
+                                                                       int64_t n, const float *v,
+                                                                       int64_t ldv, float *o,
+                                                                       int64_t ldo, const int nv) {
+    __m512 acc[FA_MV][FA_PV];
     for (int r = 0; r < FA_MV; r++)
         for (int c = 0; c < nv; c++)
             acc[r][c] = _mm512_loadu_ps(o + r * ldo + 16 * c);
     for (int64_t t = 0; t < n; t++) {
-        __m512 vv[4];
+        __m512 vv[FA_PV];
         for (int c = 0; c < nv; c++)
             vv[c] = _mm512_loadu_ps(v + t * ldv + 16 * c);
         for (int r = 0; r < FA_MV; r++) {
@@ -871,10 +1132,18 @@ fa_pv_tile(const float *p, int64_t ldp, int64_t n, const float *v, int64_t ldv, 
 FA_TARGET static void fa_pv(const float *p, int64_t ldp, int64_t n, const float *v, int64_t ldv,
                             float *o, int64_t ldo, int nv) {
     switch (nv) {
-    case 1: fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 1); break;
-    case 2: fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 2); break;
-    case 3: fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 3); break;
-    default: fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 4); break;
+    case 1:
+        fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 1);
+        break;
+    case 2:
+        fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 2);
+        break;
+    case 3:
+        fa_pv_tile(p, ldp, n, v, ldv, o, ldo, 3);
+        break;
+    default:
+        fa_pv_tile(p, ldp, n, v, ldv, o, ldo, FA_PV);
+        break;
     }
 }
 
@@ -900,14 +1169,15 @@ FA_TARGET static void fa_task(void *ctx, int task, int thread) {
             fa_qk_tile(qs + i * D, D, kp + kb * D, s + i * Lkp + kb, Lkp, rmax + i * 16,
                        (int)imin(FA_NR, j->Lk - kb));
     for (int64_t i = 0; i < mp; i++)
-        sum[i] = fa_exp_row(s + i * Lkp, j->Lk, Lkp, _mm512_reduce_max_ps(_mm512_loadu_ps(rmax + i * 16)));
+        sum[i] = fa_exp_row(s + i * Lkp, j->Lk, Lkp,
+                            _mm512_reduce_max_ps(_mm512_loadu_ps(rmax + i * 16)));
     memset(ot, 0, (size_t)(mp * Dp) * sizeof(float));
     for (int64_t t0 = 0; t0 < Lkp; t0 += FA_JB) {
         int64_t n = imin(FA_JB, Lkp - t0);
         for (int64_t i = 0; i < mp; i += FA_MV)
-            for (int64_t c = 0; c < Dp; c += 64)
+            for (int64_t c = 0; c < Dp; c += 16 * FA_PV)
                 fa_pv(s + i * Lkp + t0, Lkp, n, vp + t0 * Dp + c, Dp, ot + i * Dp + c, Dp,
-                      (int)imin(4, (Dp - c) / 16));
+                      (int)imin(FA_PV, (Dp - c) / 16));
     }
     for (int64_t i = 0; i < m; i++) {
         float *dst = j->o + (b * j->Lq + q0 + i) * j->ld + h * D, inv = 1.0f / sum[i];
@@ -917,15 +1187,28 @@ FA_TARGET static void fa_task(void *ctx, int task, int thread) {
 }
 
 static int fa_usable(const cpu_ctx *c, int64_t Lk, int causal) {
-    __builtin_cpu_init();
-    return c->flash && !c->blas_mode && !causal && Lk >= FA_MIN_LK &&
-           __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    return c->avx512 && !c->blas_mode && !causal && Lk >= FA_MIN_LK;
 }
 
 /* The AVX-512 path for a checked, non-empty problem (attn_job from cpu_attention). */
 static easel_err fa_run(cpu_ctx *c, const attn_job *a) {
-    fa_job j = {a->q, a->k, a->v, a->o, a->B, a->Lq, a->Lk, a->H, a->D, a->H * a->D,
-                cdiv(a->Lk, FA_NR) * FA_NR, cdiv(a->D, 16) * 16, 0, 0, a->scale, NULL, NULL,
+    fa_job j = {a->q,
+                a->k,
+                a->v,
+                a->o,
+                a->B,
+                a->Lq,
+                a->Lk,
+                a->H,
+                a->D,
+                a->H * a->D,
+                cdiv(a->Lk, FA_NR) * FA_NR,
+                cdiv(a->D, 16) * 16,
+                0,
+                0,
+                a->scale,
+                NULL,
+                NULL,
                 NULL};
     int64_t tq = (int64_t)(FA_TILE_BYTES / sizeof(float)) / j.Lkp;
     tq = imin(imax(tq, FA_MR), 256) / FA_MR * FA_MR;
@@ -935,8 +1218,9 @@ static easel_err fa_run(cpu_ctx *c, const attn_job *a) {
     if (tasks > INT_MAX) return easel_seterr(EASEL_EINVAL, "attention: too many tiles");
     size_t pack = (size_t)(bh * j.Lkp * (j.D + j.Dp)) * sizeof(float);
     easel_err e = grow(&c->shared, &c->shared_n, pack, "attention");
-    if (!e) e = thread_scratch(c, (size_t)(j.tq * (j.D + j.Lkp + j.Dp + 17)) * sizeof(float),
-                                "attention");
+    if (!e)
+        e = thread_scratch(c, (size_t)(j.tq * (j.D + j.Lkp + j.Dp + 17)) * sizeof(float),
+                           "attention");
     if (e) return e;
     j.kp = c->shared;
     j.vp = j.kp + bh * j.Lkp * j.D;
@@ -1469,9 +1753,30 @@ static void cpu_destroy(backend *be) {
         free(c->scratch);
         free(c->scratch_n);
         free(c->shared);
+        free(c->wpack);
         free(c);
     }
     free(be);
+}
+
+/* Which of our AVX-512 kernels to use: none without them compiled in, without
+ * the CPU support, or with EASEL_CPU_AVX512=0. The attention kernels beat the
+ * sgemm path with either OpenBLAS kernel set. The GEMM beats OpenBLAS's AVX2
+ * kernels (OPENBLAS_CORETYPE=Haswell) but not its AVX-512 ones (measured at
+ * 512²: 64² convs faster, 16²/8² convs and linears slower), so it is used only
+ * when OpenBLAS runs without AVX-512, or when EASEL_CPU_AVX512=1. */
+static void cpu_pick_kernels(cpu_ctx *c) {
+    const char *s = getenv("EASEL_CPU_AVX512");
+    c->avx512 = c->own_gemm = 0;
+    if (s && !strcmp(s, "0")) return;
+#ifdef FA_HAVE
+    __builtin_cpu_init();
+    c->avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+#endif
+    const char *core = openblas_get_corename();
+    int blas512 = core && (strcasestr(core, "skylakex") || strcasestr(core, "cooperlake") ||
+                           strcasestr(core, "sapphirerapids") || strcasestr(core, "zen4"));
+    c->own_gemm = c->avx512 && ((s && !strcmp(s, "1")) || !blas512);
 }
 
 static int env_int(const char *name, int dflt) {
@@ -1525,8 +1830,7 @@ backend *backend_cpu_create(int threads) {
     c->conv_tile_px = env_int("EASEL_CONV_TILE", CONV_TILE_PX);
     c->attn_tile = env_int("EASEL_ATTN_TILE", ATTN_TILE_Q);
     c->blas_mode = env_int("EASEL_CPU_BLAS_THREADED", 0) > 0;
-    const char *fl = getenv("EASEL_CPU_FLASH");
-    c->flash = !(fl && !strcmp(fl, "0"));
+    cpu_pick_kernels(c);
     c->scratch = calloc((size_t)n, sizeof *c->scratch);
     c->scratch_n = calloc((size_t)n, sizeof *c->scratch_n);
     if (!c->scratch || !c->scratch_n) goto oom;

@@ -2,7 +2,8 @@
  * reference written here, on random inputs (fixed seeds) and many shapes (odd
  * sizes, 1-element dims, stride 2 on odd inputs, Lq != Lk, causal, every
  * GEMM split and conv path), with guard words after every output; error
- * paths; 1 and 3 threads; two backends computing at once on two threads.
+ * paths; 1 and 3 threads, and 2 threads with EASEL_CPU_AVX512=1 and =0 (our
+ * AVX-512 kernels forced on and off); two backends computing at once.
  * Tolerances (fp32 against the double reference):
  *   linear, bmm, conv2d: rel L2 <= 2e-5, max abs <= 1e-4 (|x|,|w| <= 1)
  *   attention: rel L2 <= 2e-5, max abs <= 1e-5
@@ -89,10 +90,11 @@ static void expect_exact(const char *what, const buf *y, const float *ref) {
 /* ------------------------------------------------------------ GEMM ops */
 
 static void test_linear(void) {
-    static const int cases[][5] = {/* lead, M, K, N, bias */
-                                   {1, 1, 1, 1, 0},     {1, 3, 5, 7, 1},      {1, 17, 33, 9, 1},
-                                   {2, 65, 40, 130, 1}, {1, 300, 200, 40, 1}, {1, 8, 256, 1100, 1},
-                                   {2, 77, 64, 96, 0},  {1, 1600, 24, 70, 1}, {1, 200, 64, 700, 1}};
+    static const int cases[][5] = {
+        /* lead, M, K, N, bias */
+        {1, 1, 1, 1, 0},      {1, 3, 5, 7, 1},       {1, 17, 33, 9, 1},   {2, 65, 40, 130, 1},
+        {1, 300, 200, 40, 1}, {1, 8, 256, 1100, 1},  {2, 77, 64, 96, 0},  {1, 1600, 24, 70, 1},
+        {1, 200, 64, 700, 1}, {1, 130, 600, 333, 1}, {1, 40, 520, 16, 0}, {1, 32, 1, 16, 1}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         int L = cases[t][0], M = cases[t][1], K = cases[t][2], N = cases[t][3], hb = cases[t][4];
         buf x = mkbuf(3, L, M, K, 1), w = mkbuf(2, N, K, 1, 1), b = mkbuf(1, N, 1, 1, 1),
@@ -168,13 +170,23 @@ static void conv_ref(const buf *x, const buf *w, const buf *b, int stride, int p
 
 static void test_conv2d(void) {
     static const int cases[][9] = {/* N, H, W, Ci, Co, k, stride, pad, bias */
-                                   {1, 5, 7, 3, 4, 3, 1, 1, 1},     {2, 9, 8, 5, 6, 3, 2, 1, 1},
-                                   {1, 7, 7, 4, 3, 3, 2, 0, 0},     {2, 6, 5, 8, 16, 1, 1, 0, 1},
-                                   {1, 9, 9, 3, 5, 1, 2, 0, 1},     {1, 1, 1, 3, 2, 3, 1, 1, 1},
-                                   {1, 33, 31, 17, 19, 3, 1, 1, 1}, {2, 16, 16, 32, 20, 3, 2, 1, 1},
-                                   {1, 11, 13, 9, 7, 3, 2, 1, 0},   {1, 2, 3, 1, 1, 3, 1, 1, 1},
-                                   {2, 20, 20, 24, 40, 3, 1, 1, 1}, {1, 45, 40, 8, 12, 3, 1, 1, 1},
-                                   {2, 67, 61, 6, 5, 3, 2, 1, 0}};
+                                   {1, 5, 7, 3, 4, 3, 1, 1, 1},
+                                   {2, 9, 8, 5, 6, 3, 2, 1, 1},
+                                   {1, 7, 7, 4, 3, 3, 2, 0, 0},
+                                   {2, 6, 5, 8, 16, 1, 1, 0, 1},
+                                   {1, 9, 9, 3, 5, 1, 2, 0, 1},
+                                   {1, 1, 1, 3, 2, 3, 1, 1, 1},
+                                   {1, 33, 31, 17, 19, 3, 1, 1, 1},
+                                   {2, 16, 16, 32, 20, 3, 2, 1, 1},
+                                   {1, 11, 13, 9, 7, 3, 2, 1, 0},
+                                   {1, 2, 3, 1, 1, 3, 1, 1, 1},
+                                   {2, 20, 20, 24, 40, 3, 1, 1, 1},
+                                   {1, 45, 40, 8, 12, 3, 1, 1, 1},
+                                   {2, 67, 61, 6, 5, 3, 2, 1, 0},
+                                   /* K = 360, 576: GEMM slices that end inside a window */
+                                   {2, 14, 15, 40, 33, 3, 2, 1, 1},
+                                   {1, 24, 22, 64, 70, 3, 1, 1, 1},
+                                   {1, 9, 7, 1, 16, 3, 1, 1, 1}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int *c = cases[t];
         int N = c[0], H = c[1], W = c[2], Ci = c[3], Co = c[4], k = c[5], s = c[6], p = c[7];
@@ -226,10 +238,23 @@ static void attention_ref(const buf *q, const buf *k, const buf *v, int H, int c
 
 static void test_attention(void) {
     static const int cases[][6] = {/* B, Lq, Lk, H, D, causal */
-                                   {1, 1, 1, 1, 1, 0},     {2, 5, 7, 2, 3, 0},
-                                   {1, 9, 9, 3, 8, 1},     {2, 77, 77, 2, 40, 1},
-                                   {1, 300, 77, 2, 40, 0}, {1, 600, 600, 1, 16, 1},
-                                   {2, 40, 1100, 2, 8, 0}, {1, 3, 1, 4, 5, 0}};
+                                   {1, 1, 1, 1, 1, 0},
+                                   {2, 5, 7, 2, 3, 0},
+                                   {1, 9, 9, 3, 8, 1},
+                                   {2, 77, 77, 2, 40, 1},
+                                   {1, 300, 77, 2, 40, 0},
+                                   {1, 600, 600, 1, 16, 1},
+                                   {2, 40, 1100, 2, 8, 0},
+                                   {1, 3, 1, 4, 5, 0},
+                                   /* Lk >= 64: the AVX-512 kernels where the CPU has them
+                                    * (odd Lq and Lk, D = 1, 40, 80, 72, 160, 520) */
+                                   {2, 203, 290, 3, 40, 0},
+                                   {1, 70, 256, 2, 80, 0},
+                                   {1, 17, 130, 1, 72, 0},
+                                   {2, 33, 300, 1, 160, 0},
+                                   {1, 9, 200, 1, 520, 0},
+                                   {1, 1, 4100, 1, 40, 0},
+                                   {2, 5, 64, 3, 1, 0}};
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         const int *c = cases[t];
         int B = c[0], Lq = c[1], Lk = c[2], H = c[3], D = c[4];
@@ -778,6 +803,14 @@ int main(void) {
     RUN(test_threadpool);
     run_ops(1);
     run_ops(3);
+    /* where the CPU has AVX-512, both GEMM paths whatever OpenBLAS's kernels */
+    printf("  EASEL_CPU_AVX512=1 (our GEMM, attention kernels where the CPU has AVX-512)\n");
+    setenv("EASEL_CPU_AVX512", "1", 1);
+    run_ops(2);
+    printf("  EASEL_CPU_AVX512=0 (OpenBLAS paths only)\n");
+    setenv("EASEL_CPU_AVX512", "0", 1);
+    run_ops(2);
+    unsetenv("EASEL_CPU_AVX512");
     RUN(test_concurrent_backends);
     return test_summary();
 }
