@@ -19,7 +19,7 @@ $(BUILD)/CMakeCache.txt:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
 
 build: deps $(BUILD)/CMakeCache.txt
-	@set -o pipefail; cmake --build $(BUILD) -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true; }
+	@set -o pipefail; cmake --build $(BUILD) -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)|^g?make\[[0-9]+\]: (Entering|Leaving)' || true; }
 
 test: build
 	@tests/run_tests.sh $(BUILD)
@@ -44,7 +44,7 @@ sanitize:
 # The CUDA-on build: compile and link only (no GPU needed).
 cuda-build: deps
 	@cmake -S . -B build-cuda -DEASEL_CUDA=ON >/dev/null
-	@set -o pipefail; cmake --build build-cuda -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true; }
+	@set -o pipefail; cmake --build build-cuda -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)|^g?make\[[0-9]+\]: (Entering|Leaving)' || true; }
 
 fuzz:
 	@tools/fuzz.sh $(or $(FUZZ_SECONDS),60)
@@ -54,3 +54,15 @@ clean:
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h' '*.cu' '*.cuh')
+
+# The fault-injection build (-DEASEL_FAULTS=ON, engine/fault.h) that tests/test_fault.c
+# and the chaos fault tests use (tests/run_tests.sh finds it in build-faults/).
+.PHONY: faults-build chaos
+faults-build: deps
+	@cmake -S . -B build-faults -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEASEL_FAULTS=ON -DEASEL_CUDA=OFF >/dev/null
+	@set -o pipefail; cmake --build build-faults -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)|^g?make\[[0-9]+\]: (Entering|Leaving)' || true; }
+
+# The long chaos runs (make test runs the short ones): 100 kill -9s, 20,000 hostile
+# requests, 2,000 keep-alive pollers x 60 s, the fault tests. Figures: bench/results/.
+chaos: build faults-build
+	@tests/chaos/run_chaos.sh $(BUILD) build-faults

@@ -102,7 +102,7 @@ static easel_err grow(void **p, size_t *cap, size_t bytes, const char *op) {
     *cap = 0;
     void *q = NULL;
     if (posix_memalign(&q, 64, bytes ? bytes : 64))
-        return easel_seterr(EASEL_ENOMEM, "%s: cannot allocate %zu bytes of scratch", op, bytes);
+        return easel_seterr(EASEL_ENOMEM, "%s: out of memory (%zu bytes of scratch)", op, bytes);
     *p = q;
     *cap = bytes;
     return EASEL_OK;
@@ -336,7 +336,7 @@ static easel_err cpu_alloc(backend *be, size_t bytes, void **out) {
     size_t n = (bytes + CPU_ALIGN - 1) & ~(size_t)(CPU_ALIGN - 1);
     /* sizes no machine has are refused up front (sanitizer allocators abort on them) */
     if (n < bytes || n > ((size_t)1 << 44) || posix_memalign(&p, CPU_ALIGN, n ? n : CPU_ALIGN))
-        return easel_seterr(EASEL_ENOMEM, "cpu alloc: cannot allocate %zu bytes", bytes);
+        return easel_seterr(EASEL_ENOMEM, "cpu alloc: out of memory (%zu bytes)", bytes);
     *out = p;
     return EASEL_OK;
 }

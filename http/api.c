@@ -164,7 +164,9 @@ enum MHD_Result api_create(http_req *r) {
         cJSON_AddStringToObject(out, "id", id);
         cJSON_AddStringToObject(out, "status", "pending");
         jobs_view(js, id, view_accepted, &v); /* queue_position, created_at, progress */
-        cJSON_AddNumberToObject(out, "seed", (double)seed);
+        char num[32]; /* exact: cJSON prints only 15 significant digits */
+        snprintf(num, sizeof num, "%llu", (unsigned long long)seed);
+        cJSON_AddRawToObject(out, "seed", num);
         add_links(out, id);
     }
     char *text = out ? cJSON_PrintUnformatted(out) : NULL;

@@ -170,7 +170,7 @@ static cJSON *parse_form(const char *body, size_t len) {
     char *save = NULL;
     for (char *pair = strtok_r(copy, "&", &save); pair; pair = strtok_r(NULL, "&", &save)) {
         char *eq = strchr(pair, '=');
-        char *val = eq ? (*eq = 0, eq + 1) : (char *)"";
+        char *val = eq ? (*eq = 0, eq + 1) : pair + strlen(pair); /* writable "" */
         url_decode(pair);
         url_decode(val);
         char *br = strchr(pair, '[');

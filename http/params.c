@@ -147,6 +147,13 @@ easel_err params_parse(const cJSON *obj, const params_defaults *d, int allow_unk
     return e;
 }
 
+/* Seeds up to 2^53 - 1 as exact integers (cJSON would print 15 significant digits). */
+static cJSON *add_seed(cJSON *o, const char *name, uint64_t seed) {
+    char num[32];
+    snprintf(num, sizeof num, "%llu", (unsigned long long)seed);
+    return cJSON_AddRawToObject(o, name, num);
+}
+
 cJSON *params_to_json(const job_params *p) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
@@ -158,7 +165,7 @@ cJSON *params_to_json(const job_params *p) {
              cJSON_AddNumberToObject(o, "steps", p->steps) &&
              cJSON_AddNumberToObject(o, "guidance_scale", p->guidance) &&
              cJSON_AddStringToObject(o, "sampler", params_sampler_name(p->sampler)) &&
-             cJSON_AddNumberToObject(o, "seed", (double)p->seed) &&
+             add_seed(o, "seed", p->seed) &&
              (!p->room[0] || cJSON_AddStringToObject(o, "room", p->room));
     if (!ok) {
         cJSON_Delete(o);

@@ -410,7 +410,10 @@ static int serve_run(const serve_opts *o) {
     fprintf(stderr, "easel serve: port %d\n", server_port(srv));
     snprintf(model_path, sizeof model_path, "%s", o->model ? o->model : "");
     if (!o->model && default_model(o->data_dir, model_path, sizeof model_path)) goto fail;
-    if (runtime_create(o, model_path, &rt)) goto fail;
+    if (runtime_create(o, model_path, &rt)) {
+        rc = 2; /* a missing or corrupt model: as a usage error */
+        goto fail;
+    }
     job_runner runner = {run_job, write_png, &rt};
     jobs_config jc = {.workers = o->workers,
                       .queue_max = o->queue_max,

@@ -126,6 +126,13 @@ static void count(server *s, enum route_id route, unsigned status) {
 
 /* ---- responses ---- */
 
+/* The demo page is one file with an inline <script> and <style>: those are
+ * allowed inline, everything else only from this origin (docs/security.md). */
+static const char server_csp[] =
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'";
+
 enum MHD_Result http_send(http_req *r, unsigned status, struct MHD_Response *resp,
                           const char *ctype, const char *cache) {
     if (!resp) return MHD_NO;
@@ -133,6 +140,11 @@ enum MHD_Result http_send(http_req *r, unsigned status, struct MHD_Response *res
     if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (cache) MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, cache);
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    if (ctype && !strncmp(ctype, "text/html", 9)) {
+        MHD_add_response_header(resp, "Content-Security-Policy", server_csp);
+        MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+    }
     if (s->cfg.cors_origin && s->cfg.cors_origin[0]) {
         MHD_add_response_header(resp, "Access-Control-Allow-Origin", s->cfg.cors_origin);
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
@@ -427,8 +439,8 @@ static void set_request_id(server *s, http_req *r) {
     if (ok)
         memcpy(r->request_id, given, n + 1);
     else
-        snprintf(r->request_id, sizeof r->request_id, "%08llx%08llx", s->id_prefix,
-                 (unsigned long long)atomic_fetch_add(&s->req_seq, 1));
+        snprintf(r->request_id, sizeof r->request_id, "%016llx", /* unguessable */
+                 (unsigned long long)(params_random64() ^ atomic_fetch_add(&s->req_seq, 1)));
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,

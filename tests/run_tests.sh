@@ -42,6 +42,25 @@ if [ "$mode" != "--c-only" ] && [ -d "$root/tests/python" ] && ls "$root"/tests/
   if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then bad+=(pytest); [ -n "$last" ] || failed=$((failed + 1)); fi
 fi
 
+# The short chaos variants (tests/chaos: kill -9, hostile input, load, faults,
+# security defaults); the fault tests use build-faults/ (make faults-build) if present.
+if [ "$mode" != "--c-only" ] && ls "$root"/tests/chaos/test_*.py >/dev/null 2>&1; then
+  py="$root/.venv/bin/python"; [ -x "$py" ] || py=python3
+  fb=${EASEL_FAULT_BUILD:-$root/build-faults}
+  if [ -x "$fb/tests/test_fault" ]; then # the allocation-failure test, in the fault build
+    out=$(cd "$root" && "$fb/tests/test_fault" 2>&1); rc=$?
+    echo "$out" | grep -E 'FAIL|passed' | sed 's/^/[test_fault (fault build)] /'
+    last=$(echo "$out" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -n1)
+    if [ -z "$last" ]; then failed=$((failed + 1)); bad+=(test_fault-faults)
+    else add_counts "$last"; [ $rc -eq 0 ] || bad+=(test_fault-faults); fi
+  fi
+  out=$(cd "$root" && EASEL_BUILD="$build" EASEL_FAULT_BUILD="$fb" "$py" -m pytest -q -rs tests/chaos 2>&1); rc=$?
+  echo "$out" | tail -n 40 | sed 's/^/[chaos] /'
+  last=$(echo "$out" | grep -E '[0-9]+ (passed|failed|skipped)' | tail -n1)
+  add_counts "$last"
+  if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then bad+=(chaos); [ -n "$last" ] || failed=$((failed + 1)); fi
+fi
+
 [ ${#bad[@]} -eq 0 ] || echo "failing: ${bad[*]}"
 echo "total: $passed passed, $failed failed, $skipped skipped"
 [ ${#bad[@]} -eq 0 ] && [ $failed -eq 0 ]

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Crash recovery: runs `easel serve` (tiny model) while jobs are submitted
+and canceled continuously, and kill -9s it at random moments (during submits,
+while jobs run, while PNGs are written, and during a graceful stop: SIGTERM
+then SIGKILL), restarting it on the same data dir each time. At the end,
+with the server up once more: every job that got a 202 must reach completed,
+failed (with a reason) or canceled; every completed job has a whole PNG;
+then, stopped: no temp files, no truncated PNG, no completed row without
+its file, PRAGMA integrity_check ok.
+
+  kill9.py [--kills 100] [--duration 600] [--seed N] [--build build] [--json out.json]
+Exit status 0 when every check holds.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+
+class Tracker:
+    """The ids that got a 202, and what the clients saw."""
+
+    def __init__(self):
+        self.mu = threading.Lock()
+        self.ids = {}  # id -> "native" | "compat"
+        self.sent = self.accepted = self.io_errors = self.cancels = 0
+        self.refused = {}  # status -> count
+
+    def add(self, jid, kind):
+        with self.mu:
+            self.ids[jid] = kind
+            self.accepted += 1
+
+    def pick(self, rng):
+        with self.mu:
+            return rng.choice(list(self.ids)) if self.ids else None
+
+
+def job_body(rng):
+    """Mostly quick jobs, some slow enough to be killed mid-run or mid-PNG."""
+    size = rng.choice([64, 64, 64, 128, 256])
+    steps = rng.choice([1, 2, 3, 4]) if size == 64 else rng.randint(2, 12)
+    return {"prompt": rng.choice(["a chair", "a sunny kitchen", "blue sofa, plants", "loft"]),
+            "width": size, "height": size, "steps": steps, "seed": rng.randint(0, 2**31)}
+
+
+def submitter(srv, tr, stop, seed):
+    rng = random.Random(seed)
+    while not stop.is_set():
+        compat = rng.random() < 0.2
+        body = ({"room_type": rng.choice(["living_room", "bedroom", "kitchen"]),
+                 "style": "modern"} if compat else job_body(rng))
+        try:
+            with tr.mu:
+                tr.sent += 1
+            st, _, data = common.request(srv.port, "POST",
+                                         "/generate-concept" if compat else "/v1/jobs",
+                                         body=body, timeout=5)
+            if st == 202 or (compat and st == 200):
+                d = json.loads(data)
+                jid = d.get("job_id") if compat else d.get("id")
+                if jid:
+                    tr.add(jid, "compat" if compat else "native")
+            else:
+                with tr.mu:
+                    tr.refused[st] = tr.refused.get(st, 0) + 1
+        except (OSError, ValueError):
+            with tr.mu:
+                tr.io_errors += 1
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.02, 0.12))
+
+
+def canceler(srv, tr, stop, seed):
+    rng = random.Random(seed)
+    while not stop.is_set():
+        time.sleep(rng.uniform(0.2, 0.6))
+        jid = tr.pick(rng)
+        if not jid:
+            continue
+        try:
+            st, _, _ = common.request(srv.port, "POST", f"/v1/jobs/{jid}/cancel", timeout=5)
+            if st in (200, 202):
+                with tr.mu:
+                    tr.cancels += 1
+        except OSError:
+            pass
+
+
+def kill_once(srv, rng):
+    """Lets the server run a random while, then kills it; returns how."""
+    time.sleep(rng.uniform(0.05, 1.5))
+    if rng.random() < 0.25:  # during the graceful stop's cleanup
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(rng.uniform(0.0, 0.3))
+        how = "term+kill"
+    else:
+        how = "kill"
+    srv.kill9()
+    return how
+
+
+def final_check(srv, tr, wait_s):
+    """Waits for every accepted job to finish; returns (problems, statuses)."""
+    problems, statuses, reasons = [], {}, {}
+    deadline = time.time() + wait_s
+    for jid, kind in sorted(tr.ids.items()):
+        while True:
+            st, j = common.get_json(srv.port, f"/v1/jobs/{jid}")
+            if st != 200 or not j:
+                problems.append(f"{jid}: GET answered {st}")
+                break
+            if j["status"] in common.TERMINAL or time.time() > deadline:
+                break
+            time.sleep(0.05)
+        if st != 200 or not j:
+            continue
+        s = j["status"]
+        statuses[s] = statuses.get(s, 0) + 1
+        if s not in common.TERMINAL:
+            problems.append(f"{jid}: still {s} after the wait")
+        elif s == "failed":
+            if not j.get("error"):
+                problems.append(f"{jid}: failed without a reason")
+            reasons[j.get("error") or ""] = reasons.get(j.get("error") or "", 0) + 1
+        elif s == "completed":
+            ist, _, png = common.request(srv.port, "GET", f"/v1/jobs/{jid}/image")
+            p = common.png_problem(png) if ist == 200 else f"image answered {ist}"
+            if p:
+                problems.append(f"{jid}: {p}")
+            if kind == "compat":
+                cst, c = common.get_json(srv.port, f"/image-status/{jid}")
+                if cst != 200 or not c or c.get("status") != "completed" or not c.get("image_url"):
+                    problems.append(f"{jid}: /image-status answered {cst} {c}")
+    return problems, statuses, reasons
+
+
+def run(args):
+    rng = random.Random(args.seed)
+    exe = common.easel_binary(args.build)
+    work = tempfile.mkdtemp(prefix="easel-kill9-")
+    model = common.make_model(exe, os.path.join(work, "tiny"))
+    srv = common.Server(exe, model, os.path.join(work, "data"),
+                        ["--workers", "2", "--queue-max", "100000", "--retention", "0",
+                         "--no-calibrate", "--shutdown-grace", "1s"])
+    tr, stop = Tracker(), threading.Event()
+    srv.start()
+    threads = [threading.Thread(target=submitter, args=(srv, tr, stop, args.seed * 10 + i))
+               for i in range(2)]
+    threads.append(threading.Thread(target=canceler, args=(srv, tr, stop, args.seed * 10 + 9)))
+    for t in threads:
+        t.start()
+    kills, hows, t0, restart_ms = 0, {}, time.time(), []
+    try:
+        while kills < args.kills and time.time() - t0 < args.duration:
+            how = kill_once(srv, rng)
+            hows[how] = hows.get(how, 0) + 1
+            kills += 1
+            r0 = time.time()
+            srv.start()
+            restart_ms.append((time.time() - r0) * 1000)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    problems, statuses, reasons = final_check(srv, tr, args.wait)
+    code = srv.stop()
+    if code != 0:
+        problems.append(f"the final graceful stop exited {code}")
+    dp, rows = common.data_dir_problems(srv.data_dir)
+    problems += dp
+    summary = {
+        "kills": kills, "kinds": hows, "seconds": round(time.time() - t0, 1),
+        "requests_sent": tr.sent, "accepted": tr.accepted, "refused": tr.refused,
+        # 503 + Retry-After is the designed answer while a restarted server loads its model
+        "server_errors": sum(n for k, n in tr.refused.items() if k >= 500 and k != 503),
+        "io_errors": tr.io_errors, "cancel_requests_ok": tr.cancels, "final_status": statuses,
+        "failure_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:5]),
+        "db_rows": rows, "restart_ms_median": round(common.percentile(restart_ms, 0.5), 1),
+        "problems": problems[:50], "n_problems": len(problems), "data_dir": srv.data_dir,
+    }
+    return summary
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kills", type=int, default=100)
+    ap.add_argument("--duration", type=float, default=900, help="stop killing after this many s")
+    ap.add_argument("--wait", type=float, default=180, help="s for jobs to finish at the end")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--build", default=None, help="build dir holding easel ($EASEL_BUILD)")
+    ap.add_argument("--json", default=None, help="also write the summary here")
+    args = ap.parse_args()
+    s = run(args)
+    print(json.dumps(s, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(s, f, indent=1)
+    ok = s["n_problems"] == 0 and s["accepted"] > 0 and s["server_errors"] == 0
+    print(f"kill9: {s['kills']} kills, {s['accepted']} jobs accepted, "
+          f"{s['n_problems']} problems: {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
