@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -690,6 +691,11 @@ static void *worker_main(void *arg) {
     jobs *js = wa->js;
     int index = wa->index;
     free(wa);
+    /* Rendering yields to the HTTP threads: a poll or a submit must not wait
+     * behind a GEMM on a fully busy machine. Raising nice needs no privilege. */
+    if (js->cfg.worker_nice > 0 &&
+        setpriority(PRIO_PROCESS, (id_t)gettid(), js->cfg.worker_nice) != 0)
+        log_warn("jobs: worker %d: setpriority: %s", index, strerror(errno));
     job *j;
     while ((j = take(js, index)))
         run_one(js, j, index);
@@ -773,6 +779,7 @@ static void *maint_main(void *arg) {
         if (js->stopping) break;
         pthread_mutex_unlock(&js->mu);
         jobs_maintain(js, jobs_now_ms());
+        if (store_checkpoint(js->st)) log_warn("jobs: %s", easel_errmsg());
         pthread_mutex_lock(&js->mu);
     }
     pthread_mutex_unlock(&js->mu);

@@ -38,6 +38,7 @@ typedef struct {
     int max_attempts;       /* interrupted this many times -> failed (3) */
     int shutdown_grace_s;   /* jobs_stop waits this long for running jobs, then requeues */
     const char *images_dir; /* where images are written (must exist) */
+    int worker_nice;        /* worker threads lower their priority by this (0 = not) */
 } jobs_config;
 
 /* One job. Read-only outside jobs.c, and only while holding the jobs lock

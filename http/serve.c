@@ -5,9 +5,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -256,6 +258,32 @@ static void runtime_free(serve_runtime *rt) {
     memset(rt, 0, sizeof *rt);
 }
 
+/* Worker backends are created on a thread whose nice value is WORKER_NICE, so
+ * their compute threads inherit it (Linux: nice is per thread, inherited at
+ * creation) and the HTTP threads win the CPU when both cores render. */
+#define WORKER_NICE 10
+
+typedef struct {
+    const serve_opts *o;
+    serve_runtime *rt;
+    easel_err err;
+    char msg[1024];
+} backends_arg;
+
+static void *create_worker_backends(void *arg) {
+    backends_arg *a = arg;
+    if (setpriority(PRIO_PROCESS, (id_t)gettid(), WORKER_NICE) != 0)
+        log_warn("serve: setpriority: %s", strerror(errno));
+    for (int i = 0; i < a->o->workers && !a->err; i++) {
+        if (!(a->rt->be[i + 1] = backend_auto_create(a->o->device, a->o->threads)))
+            a->err = EASEL_EDEVICE;
+        else
+            a->err = sd_worker_create(a->rt->model, a->rt->be[i + 1], &a->rt->w[i]);
+    }
+    if (a->err) snprintf(a->msg, sizeof a->msg, "%s", easel_errmsg());
+    return NULL;
+}
+
 /* be[0] holds the model's weights (shared read-only); worker i runs on its own
  * backend be[i + 1] (its own thread pool, or CUDA stream), as bench does. */
 static easel_err runtime_create(const serve_opts *o, const char *model, serve_runtime *rt) {
@@ -267,11 +295,13 @@ static easel_err runtime_create(const serve_opts *o, const char *model, serve_ru
     if (!(rt->be[0] = backend_auto_create(o->device, 1))) return EASEL_EDEVICE;
     easel_err e = sd_model_load(model, rt->be[0], &rt->model);
     if (e) return easel_wraperr(e, "loading %s", model);
-    for (int i = 0; i < o->workers && !e; i++) {
-        if (!(rt->be[i + 1] = backend_auto_create(o->device, o->threads))) return EASEL_EDEVICE;
-        e = sd_worker_create(rt->model, rt->be[i + 1], &rt->w[i]);
-    }
-    return e;
+    backends_arg a = {.o = o, .rt = rt};
+    pthread_t t;
+    if (pthread_create(&t, NULL, create_worker_backends, &a))
+        return easel_seterr(EASEL_ENOMEM, "cannot start a thread");
+    pthread_join(t, NULL);
+    if (a.err) easel_seterr(a.err, "%s", a.msg); /* the message was set on the other thread */
+    return a.err;
 }
 
 static easel_err run_job(void *ctx, int worker, const gen_params *p, job_progress_fn progress,
@@ -415,7 +445,8 @@ static int serve_run(const serve_opts *o) {
         goto fail;
     }
     job_runner runner = {run_job, write_png, &rt};
-    jobs_config jc = {.workers = o->workers,
+    jobs_config jc = {.worker_nice = WORKER_NICE,
+                      .workers = o->workers,
                       .queue_max = o->queue_max,
                       .job_timeout_s = o->job_timeout_s,
                       .retention_ms = o->retention_ms,

@@ -17,6 +17,7 @@
 
 struct store {
     sqlite3 *db;
+    sqlite3 *ckpt; /* a second connection, only for store_checkpoint() (maintenance thread) */
     sqlite3_stmt *ins, *upd, *del;
 };
 
@@ -121,7 +122,16 @@ easel_err store_open(const char *path, store **out) {
                          s->db ? sqlite3_errmsg(s->db) : "out of memory");
     }
     if (!e) sqlite3_busy_timeout(s->db, 5000);
-    if (!e) e = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;");
+    /* No automatic checkpoints: the commit that crossed the threshold would pay
+     * for copying the WAL into the database (and its fsync) on the request path.
+     * The maintenance thread checkpoints instead (store_checkpoint). */
+    if (!e) e = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; "
+                        "PRAGMA wal_autocheckpoint=0;");
+    if (!e && sqlite3_open_v2(path, &s->ckpt, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+                  SQLITE_OK)
+        e = easel_seterr(EASEL_EIO, "store: cannot open %s for checkpoints: %s", path,
+                         s->ckpt ? sqlite3_errmsg(s->ckpt) : "out of memory");
+    if (!e) sqlite3_busy_timeout(s->ckpt, 5000);
     if (!e) e = migrate(s);
     if (!e) e = prepare(s);
     if (e) {
@@ -137,11 +147,20 @@ void store_close(store *s) {
     sqlite3_finalize(s->ins);
     sqlite3_finalize(s->upd);
     sqlite3_finalize(s->del);
+    if (s->ckpt) sqlite3_close(s->ckpt);
     if (s->db) {
         sqlite3_exec(s->db, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL);
         sqlite3_close(s->db);
     }
     free(s);
+}
+
+easel_err store_checkpoint(store *s) {
+    /* PASSIVE: copies what it can without waiting for or blocking the writer. */
+    int rc = sqlite3_wal_checkpoint_v2(s->ckpt, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        return easel_seterr(EASEL_EIO, "store: checkpoint: %s", sqlite3_errmsg(s->ckpt));
+    return EASEL_OK;
 }
 
 /* Steps a bound single-statement (autocommit = its own transaction) and resets it. */

@@ -49,6 +49,10 @@ easel_err store_open(const char *path, store **out);
 easel_err store_set_sync(store *s, int full);
 /* Closes; checkpoints the WAL. NULL is fine. */
 void store_close(store *s);
+/* Copies committed WAL frames into the database file without blocking the
+ * writer (automatic checkpoints are off so that no request pays for one).
+ * Called from one thread at a time (the jobs maintenance thread). */
+easel_err store_checkpoint(store *s);
 /* The schema version of an open store (PRAGMA user_version). */
 int store_schema_version(store *s);
 
