@@ -121,6 +121,11 @@ backend *backend_auto_create(const char *want, int threads);
 /* Allocate a tensor's data with be->alloc (dtype be->act_dtype unless dt given). */
 easel_err backend_tensor_alloc(backend *be, tensor *t, dtype dt, int ndim, const int64_t *ne);
 void backend_tensor_free(backend *be, tensor *t);
+/* The bmm shape contract, checked once for every backend: a [B,M,K] (or
+ * [M,K]), b [B,N,K] with trans_b else [B,K,N], y [B,M,N]. Fills the dims, or
+ * returns EASEL_EINVAL with a message naming the shapes. */
+easel_err backend_check_bmm(const tensor *y, const tensor *a, const tensor *b, int trans_b,
+                            int64_t *B, int64_t *M, int64_t *N, int64_t *K);
 static inline void backend_destroy(backend *be) {
     if (be) be->destroy(be);
 }

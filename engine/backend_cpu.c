@@ -561,29 +561,15 @@ static void bmm_task(void *ctx, int task, int thread) {
     if (g.M > 0 && g.N > 0) gemm_block(&g, 0, g.M, 0, g.N);
 }
 
-static int batch3(const tensor *t, int64_t *B, int64_t *r, int64_t *cl) {
-    if (t->ndim == 2)
-        *B = 1, *r = t->ne[0], *cl = t->ne[1];
-    else if (t->ndim == 3)
-        *B = t->ne[0], *r = t->ne[1], *cl = t->ne[2];
-    else
-        return 0;
-    return 1;
-}
-
 static easel_err cpu_bmm(backend *be, tensor *y, const tensor *a, const tensor *b, int trans_b,
                          float alpha) {
     static const char *OP = "bmm";
     NEED(y);
     NEED(a);
     NEED(b);
-    int64_t B, M, K, Bb, r, cl, By, My, Ny;
-    if (!batch3(a, &B, &M, &K) || !batch3(b, &Bb, &r, &cl) || !batch3(y, &By, &My, &Ny))
-        return mismatch(OP, "tensors must be [B,M,K]-like (2 or 3 dims)", "a", a, "b", b);
-    int64_t N = trans_b ? r : cl, Kb = trans_b ? cl : r;
-    if (Bb != B || Kb != K)
-        return mismatch(OP, trans_b ? "b must be [B,N,K]" : "b must be [B,K,N]", "a", a, "b", b);
-    if (By != B || My != M || Ny != N) return mismatch(OP, "y must be [B,M,N]", "y", y, "b", b);
+    int64_t B, M, N, K;
+    easel_err e = backend_check_bmm(y, a, b, trans_b, &B, &M, &N, &K);
+    if (e) return e;
     if (!fits_int(M) || !fits_int(N) || !fits_int(K) || !fits_int(B))
         return easel_seterr(EASEL_EINVAL, "bmm: dims too large for BLAS");
     cpu_ctx *c = ctx_of(be);

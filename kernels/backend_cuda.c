@@ -222,29 +222,15 @@ static easel_err cuda_linear(backend *be, tensor *y, const tensor *x, const tens
                                     b ? b->data : NULL, 1, m, n, k, 1, 1.0f, 0, 0, 0));
 }
 
-static int batch3(const tensor *t, int64_t *B, int64_t *r, int64_t *cl) {
-    if (t->ndim == 2)
-        *B = 1, *r = t->ne[0], *cl = t->ne[1];
-    else if (t->ndim == 3)
-        *B = t->ne[0], *r = t->ne[1], *cl = t->ne[2];
-    else
-        return 0;
-    return 1;
-}
-
 static easel_err cuda_bmm(backend *be, tensor *y, const tensor *a, const tensor *b, int trans_b,
                           float alpha) {
     static const char *OP = "bmm";
     NEED(y);
     NEED(a);
     NEED(b);
-    int64_t B, M, K, Bb, r, cl, By, My, Ny;
-    if (!batch3(a, &B, &M, &K) || !batch3(b, &Bb, &r, &cl) || !batch3(y, &By, &My, &Ny))
-        return mismatch(OP, "tensors must be [B,M,K]-like (2 or 3 dims)", a, b);
-    int64_t N = trans_b ? r : cl, Kb = trans_b ? cl : r;
-    if (Bb != B || Kb != K)
-        return mismatch(OP, trans_b ? "b must be [B,N,K]" : "b must be [B,K,N]", a, b);
-    if (By != B || My != M || Ny != N) return mismatch(OP, "y must be [B,M,N]", y, b);
+    int64_t B, M, N, K;
+    easel_err e = backend_check_bmm(y, a, b, trans_b, &B, &M, &N, &K);
+    if (e) return e;
     cuda_ctx *c = ctx_of(be);
     return kcheck(OP, kern_gemm_run(c->gemm, stream_of(be), y->data, a->data, b->data, NULL, B, M,
                                     N, K, trans_b, alpha, M * K, K * N, M * N));
