@@ -8,7 +8,7 @@ PORT ?= 8080
 DATA ?= $(CURDIR)/data
 MODEL ?=
 
-.PHONY: all deps build test test-c run bench gpu-check sanitize cuda-build fuzz clean format
+.PHONY: all deps build test test-c run bench gpu-check sanitize cuda-build fuzz fuzz-long clean format
 
 all: build
 
@@ -48,6 +48,11 @@ cuda-build: deps
 
 fuzz:
 	@tools/fuzz.sh $(or $(FUZZ_SECONDS),60)
+
+# The long campaign: every target at once, each stopped after FUZZ_CPU_SECONDS
+# of CPU time (default one hour each); summary in out/fuzz-long/summary.txt.
+fuzz-long:
+	@tools/fuzz_long.sh $(or $(FUZZ_CPU_SECONDS),3600)
 
 clean:
 	rm -rf build build-asan build-cuda build-fuzz

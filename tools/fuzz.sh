@@ -8,6 +8,7 @@
 #   usage: tools/fuzz.sh [SECONDS]      (env: FUZZ_BUILD, JOBS, FUZZ_KEEP_CORPUS=1)
 set -uo pipefail
 secs=${1:-60}
+case "$secs" in ""|*[!0-9]*|0) echo "fuzz.sh: SECONDS must be a whole number >= 1 (libFuzzer reads 0 as forever)" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FUZZ_BUILD:-$root/build-fuzz}
 jobs=${JOBS:-$(nproc)}
