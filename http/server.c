@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "../engine/log.h"
+#include "../engine/sha256.h"
 
 static const unsigned tracked_status[] = {200, 202, 204, 304, 400, 401, 404,
                                           405, 409, 413, 415, 429, 500, 503};
@@ -55,6 +56,7 @@ struct server {
     size_t openapi_len;
     char *index_html;
     size_t index_len;
+    char *page_csp; /* the demo page's policy, with its inline blocks' hashes */
     pthread_mutex_t sse_mu;
     sse_waiter *waiters;
     pthread_t pump;
@@ -126,12 +128,12 @@ static void count(server *s, enum route_id route, unsigned status) {
 
 /* ---- responses ---- */
 
-/* The demo page is one file with an inline <script> and <style>: those are
- * allowed inline, everything else only from this origin (docs/security.md). */
-static const char server_csp[] =
-    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'";
+/* The policy for text/html answers when the demo page could not be read (so
+ * no inline block can be hashed): nothing may run. */
+#define CSP_TAIL                                                                           \
+    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "       \
+    "frame-ancestors 'none'"
+static const char fallback_csp[] = "default-src 'none'; " CSP_TAIL;
 
 enum MHD_Result http_send(http_req *r, unsigned status, struct MHD_Response *resp,
                           const char *ctype, const char *cache) {
@@ -142,7 +144,8 @@ enum MHD_Result http_send(http_req *r, unsigned status, struct MHD_Response *res
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
     if (ctype && !strncmp(ctype, "text/html", 9)) {
-        MHD_add_response_header(resp, "Content-Security-Policy", server_csp);
+        MHD_add_response_header(resp, "Content-Security-Policy",
+                                s->page_csp ? s->page_csp : fallback_csp);
         MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
     }
     if (s->cfg.cors_origin && s->cfg.cors_origin[0]) {
@@ -581,6 +584,68 @@ bad:
     return easel_seterr(EASEL_EINVAL, "--host: '%s' is not an IPv4 or IPv6 address", host);
 }
 
+/* Case-insensitive search for the ASCII needle in [p, end). */
+static const char *find_ci(const char *p, const char *end, const char *needle) {
+    size_t n = strlen(needle);
+    for (; (size_t)(end - p) >= n; p++)
+        if (!strncasecmp(p, needle, n)) return p;
+    return NULL;
+}
+
+/* Appends " 'sha256-<base64>'" for the text of every inline <tag> element of
+ * the page to out. The browser hashes the element's text as parsed: the UTF-8
+ * bytes with CR LF and lone CR read as LF, so the same is hashed here. */
+static void hash_blocks(const char *html, size_t len, const char *tag, char *out, size_t cap) {
+    char open[16], close[16];
+    snprintf(open, sizeof open, "<%s", tag);
+    snprintf(close, sizeof close, "</%s", tag);
+    const char *end = html + len, *p = html;
+    while ((p = find_ci(p, end, open))) {
+        p += strlen(open);
+        if (p >= end) break;
+        if (*p != '>' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') continue;
+        const char *body = memchr(p, '>', (size_t)(end - p));
+        if (!body) break;
+        body++;
+        const char *stop = find_ci(body, end, close);
+        if (!stop) stop = end;
+        sha256_ctx c;
+        sha256_init(&c);
+        for (const char *q = body; q < stop; q++) {
+            char ch = *q;
+            if (ch == '\r') {
+                ch = '\n';
+                if (q + 1 < stop && q[1] == '\n') q++;
+            }
+            sha256_update(&c, &ch, 1);
+        }
+        uint8_t d[32];
+        char b64[48];
+        sha256_final(&c, d);
+        base64_encode(d, sizeof d, b64);
+        size_t used = strlen(out);
+        snprintf(out + used, cap - used, " 'sha256-%s'", b64);
+        p = stop;
+    }
+}
+
+/* The demo page's Content-Security-Policy: default-src 'none'; its inline
+ * <script> and <style> blocks allowed by hash and nothing else inline (no
+ * 'unsafe-inline', no eval, no inline event handlers or style attributes);
+ * fetch/EventSource and images from this origin only; no framing. Recomputed
+ * from the file at start, so an edited page keeps working. */
+static char *page_csp(const char *html, size_t len) {
+    char scripts[1024] = "", styles[1024] = "";
+    hash_blocks(html, len, "script", scripts, sizeof scripts);
+    hash_blocks(html, len, "style", styles, sizeof styles);
+    size_t cap = sizeof scripts + sizeof styles + sizeof fallback_csp + 64;
+    char *csp = malloc(cap);
+    if (!csp) return NULL;
+    snprintf(csp, cap, "default-src 'none'; script-src%s; style-src%s; " CSP_TAIL,
+             scripts[0] ? scripts : " 'none'", styles[0] ? styles : " 'none'");
+    return csp;
+}
+
 static void load_assets(server *s) {
     char path[4096];
     if (s->cfg.openapi_path && !(s->openapi = slurp(s->cfg.openapi_path, &s->openapi_len)))
@@ -588,6 +653,8 @@ static void load_assets(server *s) {
     snprintf(path, sizeof path, "%s/index.html", s->cfg.static_dir ? s->cfg.static_dir : ".");
     if (!(s->index_html = slurp(path, &s->index_len)))
         log_warn("http: %s: cannot read; / answers 404", path);
+    else if (!(s->page_csp = page_csp(s->index_html, s->index_len)))
+        log_warn("http: out of memory building the page's policy; the page's scripts are blocked");
 }
 
 easel_err server_start(const server_config *cfg, server **out) {
@@ -651,6 +718,7 @@ void server_stop(server *s) {
         free(s->strings[i]);
     free(s->openapi);
     free(s->index_html);
+    free(s->page_csp);
     pthread_mutex_destroy(&s->sse_mu);
     free(s);
 }

@@ -6,6 +6,8 @@ start); and the security defaults (loopback bind, token coverage, headers,
 unguessable ids, no secrets in logs, no escape from the image directory).
 """
 import argparse
+import base64
+import hashlib
 import json
 import os
 import re
@@ -296,7 +298,20 @@ def test_security_headers(exe, model, tmp_path, servers):
     csp = h.get("content-security-policy", "")
     assert "default-src 'self'" in csp or "default-src 'none'" in csp, csp
     assert "unsafe-eval" not in csp and "*" not in csp.replace("'self'", ""), csp
-    assert "frame-ancestors" in csp, csp
+    assert "frame-ancestors 'none'" in csp, csp
+    # strict: no 'unsafe-inline'; the page's inline blocks are allowed by their
+    # hashes (computed here with hashlib from the page as served) and nothing else
+    assert "unsafe-inline" not in csp and "unsafe-hashes" not in csp, csp
+    _, _, page = common.request(s.port, "GET", "/")
+    page = page.decode("utf-8")
+    assert not re.search(r"<[^>]+\s(style|on[a-z]+)\s*=", page), "inline style/handler attribute"
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    for tag in ("script", "style"):
+        blocks = re.findall(rf"<{tag}[^>]*>(.*?)</{tag}", page, re.S | re.I)
+        assert blocks, tag
+        want = sorted("'sha256-%s'" % base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()
+                      for b in blocks)
+        assert sorted(directives[f"{tag}-src"]) == want, (tag, directives.get(f"{tag}-src"), want)
 
 
 def test_ids_unguessable(exe, model, tmp_path, servers):

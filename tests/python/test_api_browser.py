@@ -31,6 +31,7 @@ def browser():
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
               "--window-size=1200,900"):
         opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console, for CSP reports
     b = webdriver.Chrome(service=Service(driver), options=opts)
     b.set_page_load_timeout(30)
     yield b
@@ -95,6 +96,13 @@ def test_demo_page_generates_an_image(make_server, browser, tmp_path):
     # the job shows up in the recent list
     wait_for(browser, "return document.querySelectorAll('#recent li').length >= 1")
     screenshot(browser, tmp_path, "demo-completed.png")
+    # it all ran under the page's strict Content-Security-Policy (hashes, no
+    # 'unsafe-inline'): the browser reported no violation, and the stylesheet applied
+    violations = [e["message"] for e in browser.get_log("browser")
+                  if "Content Security Policy" in e.get("message", "")]
+    assert not violations, violations
+    assert browser.execute_script(
+        "return getComputedStyle(document.querySelector('section.wide')).gridColumnStart") == "1"
 
 
 def test_demo_page_cancel(make_server, browser, tmp_path):
