@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import re
 import signal
 import sys
 import tempfile
@@ -108,17 +109,39 @@ def kill_once(srv, rng):
     return how
 
 
+def backlog(srv):
+    """Jobs queued + running, from /metrics (None if unreadable)."""
+    st, _, text = common.request(srv.port, "GET", "/metrics")
+    if st != 200:
+        return None
+    vals = dict(re.findall(r"^(easel_queue_depth|easel_jobs_running) (\d+)$", text.decode(), re.M))
+    return sum(int(v) for v in vals.values()) if len(vals) == 2 else None
+
+
 def final_check(srv, tr, wait_s):
-    """Waits for every accepted job to finish; returns (problems, statuses)."""
+    """Waits for every accepted job to finish; returns (problems, statuses).
+    A job counts as stuck only when the server's backlog (queued + running)
+    has not shrunk for wait_s seconds, so a slow or busy machine that is still
+    working through the backlog is not mistaken for lost jobs; 20 x wait_s
+    caps the whole wait."""
     problems, statuses, reasons = [], {}, {}
-    deadline = time.time() + wait_s
+    start = last_progress = time.time()
+    last_backlog, last_probe = backlog(srv), 0.0
     for jid, kind in sorted(tr.ids.items()):
         while True:
             st, j = common.get_json(srv.port, f"/v1/jobs/{jid}")
             if st != 200 or not j:
                 problems.append(f"{jid}: GET answered {st}")
                 break
-            if j["status"] in common.TERMINAL or time.time() > deadline:
+            now = time.time()
+            if j["status"] in common.TERMINAL:
+                break
+            if now - last_probe >= 1.0:
+                last_probe, b = now, backlog(srv)
+                if b is not None and (last_backlog is None or b < last_backlog):
+                    last_progress = now
+                last_backlog = b if b is not None else last_backlog
+            if now - last_progress > wait_s or now - start > 20 * wait_s:
                 break
             time.sleep(0.05)
         if st != 200 or not j:

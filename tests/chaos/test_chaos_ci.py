@@ -80,7 +80,7 @@ def summary_ok(name, s):
 
 # ---- the three tools, short ----
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)  # generous: the final wait ends when the backlog stops shrinking
 def test_kill9_20(exe):
     s = kill9.run(argparse.Namespace(kills=20, duration=150, wait=60, seed=20, build=None))
     summary_ok("kill9", s)
