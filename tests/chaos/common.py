@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import struct
 import subprocess
+import tempfile
 import time
 import zlib
 
@@ -38,6 +39,32 @@ def make_model(exe, out):
     if r.returncode != 0:
         raise RuntimeError(f"easel make-model failed: {r.stderr[-500:]}")
     return out
+
+
+def tiny_server(build, prefix, flags):
+    """An `easel serve` (not started) on a tiny model, in a fresh temp dir named prefix*."""
+    exe = easel_binary(build)
+    work = tempfile.mkdtemp(prefix=prefix)
+    model = make_model(exe, os.path.join(work, "tiny"))
+    return Server(exe, model, os.path.join(work, "data"), flags)
+
+
+def add_run_args(ap):
+    """The flags every chaos tool takes: --seed, --build, --json."""
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--build", default=None, help="build dir holding easel ($EASEL_BUILD)")
+    ap.add_argument("--json", default=None, help="also write the summary here")
+
+
+def report(name, summary, json_path, ok, line):
+    """Prints the summary (and writes it to json_path), then one verdict line;
+    returns the exit code."""
+    print(json.dumps(summary, indent=1))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(summary, f, indent=1)
+    print(f"{name}: {line}: {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
 
 
 class Server:
@@ -89,6 +116,12 @@ class Server:
         if self.alive():
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
+
+    def stop_checked(self, problems, what="graceful stop"):
+        """stop(), adding a problem if the exit status is not 0."""
+        code = self.stop()
+        if code != 0:
+            problems.append(f"{what} exited {code}")
 
     def stop(self, timeout=30):
         """SIGTERM, then SIGKILL after timeout; returns the exit status."""

@@ -18,7 +18,6 @@ import random
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 
@@ -168,12 +167,9 @@ def final_check(srv, tr, wait_s):
 
 def run(args):
     rng = random.Random(args.seed)
-    exe = common.easel_binary(args.build)
-    work = tempfile.mkdtemp(prefix="easel-kill9-")
-    model = common.make_model(exe, os.path.join(work, "tiny"))
-    srv = common.Server(exe, model, os.path.join(work, "data"),
-                        ["--workers", "2", "--queue-max", "100000", "--retention", "0",
-                         "--no-calibrate", "--shutdown-grace", "1s"])
+    srv = common.tiny_server(args.build, "easel-kill9-",
+                             ["--workers", "2", "--queue-max", "100000", "--retention", "0",
+                              "--no-calibrate", "--shutdown-grace", "1s"])
     tr, stop = Tracker(), threading.Event()
     srv.start()
     threads = [threading.Thread(target=submitter, args=(srv, tr, stop, args.seed * 10 + i))
@@ -195,9 +191,7 @@ def run(args):
         for t in threads:
             t.join()
     problems, statuses, reasons = final_check(srv, tr, args.wait)
-    code = srv.stop()
-    if code != 0:
-        problems.append(f"the final graceful stop exited {code}")
+    srv.stop_checked(problems, "the final graceful stop")
     dp, rows = common.data_dir_problems(srv.data_dir)
     problems += dp
     summary = {
@@ -218,19 +212,12 @@ def main():
     ap.add_argument("--kills", type=int, default=100)
     ap.add_argument("--duration", type=float, default=900, help="stop killing after this many s")
     ap.add_argument("--wait", type=float, default=180, help="s for jobs to finish at the end")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--build", default=None, help="build dir holding easel ($EASEL_BUILD)")
-    ap.add_argument("--json", default=None, help="also write the summary here")
+    common.add_run_args(ap)
     args = ap.parse_args()
     s = run(args)
-    print(json.dumps(s, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(s, f, indent=1)
     ok = s["n_problems"] == 0 and s["accepted"] > 0 and s["server_errors"] == 0
-    print(f"kill9: {s['kills']} kills, {s['accepted']} jobs accepted, "
-          f"{s['n_problems']} problems: {'OK' if ok else 'FAILED'}")
-    return 0 if ok else 1
+    return common.report("kill9", s, args.json, ok, f"{s['kills']} kills, "
+                         f"{s['accepted']} jobs accepted, {s['n_problems']} problems")
 
 
 if __name__ == "__main__":

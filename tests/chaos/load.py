@@ -14,7 +14,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -140,13 +139,11 @@ async def drive(srv, args):
 
 
 def run(args):
-    exe = common.easel_binary(args.build)
-    work = tempfile.mkdtemp(prefix="easel-load-")
-    model = common.make_model(exe, os.path.join(work, "tiny"))
     limit = str(args.pollers + 256)
-    srv = common.Server(exe, model, os.path.join(work, "data"),
-                        ["--workers", "2", "--queue-max", str(args.queue_max), "--conn-limit", limit,
-                         "--per-ip-limit", limit, "--conn-timeout", "60s", "--no-calibrate"])
+    srv = common.tiny_server(args.build, "easel-load-",
+                             ["--workers", "2", "--queue-max", str(args.queue_max), "--conn-limit",
+                              limit, "--per-ip-limit", limit, "--conn-timeout", "60s",
+                              "--no-calibrate"])
     srv.start()
     st, rss, secs = asyncio.run(drive(srv, args))
     problems = []
@@ -162,9 +159,7 @@ def run(args):
     growth = (b - a) / 1024
     if growth > args.rss_mb:
         problems.append(f"RSS grew {growth:.1f} MiB from warm-up to the end (> {args.rss_mb})")
-    code = srv.stop()
-    if code != 0:
-        problems.append(f"graceful stop exited {code}")
+    srv.stop_checked(problems)
     return {
         "pollers": args.pollers, "seconds": round(secs, 1), "polls": st.polls,
         "polls_per_s": round(st.polls / secs), "p50_ms": round(common.percentile(st.lat, 0.5), 2),
@@ -184,20 +179,12 @@ def main():
     ap.add_argument("--rate", type=float, default=25, help="job submissions per s")
     ap.add_argument("--queue-max", type=int, default=16)
     ap.add_argument("--rss-mb", type=float, default=16)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--build", default=None)
-    ap.add_argument("--json", default=None)
+    common.add_run_args(ap)
     args = ap.parse_args()
     s = run(args)
-    print(json.dumps(s, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(s, f, indent=1)
     ok = s["n_problems"] == 0 and s["polls"] > 0
-    print(f"load: {s['pollers']} pollers x {s['seconds']} s: {s['polls']} polls, p99 {s['p99_ms']} ms, "
-          f"{s['n_problems']} problems: {'OK' if ok else 'FAILED'}")
-    return 0 if ok else 1
-
+    return common.report("load", s, args.json, ok, f"{s['pollers']} pollers x {s['seconds']} s: "
+                         f"{s['polls']} polls, p99 {s['p99_ms']} ms, {s['n_problems']} problems")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,23 +6,20 @@ build/easel. Tests skip, saying why, when the binary or make-model is missing.
 """
 import os
 import re
-import signal
-import socket
 import subprocess
+import sys
 import time
 
 import pytest
 import requests
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "chaos"))
+import common  # noqa: E402  (the chaos tools' Server and easel_binary)
+from common import easel_binary  # noqa: E402
+
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def easel_binary():
-    build = os.environ.get("EASEL_BUILD", "build")
-    path = build if os.path.isabs(build) else os.path.join(ROOT, build)
-    return os.path.join(path, "easel")
 
 
 def png_size(data):
@@ -30,12 +27,6 @@ def png_size(data):
     assert data[:8] == PNG_MAGIC, "not a PNG"
     assert data[12:16] == b"IHDR"
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -59,66 +50,12 @@ def tiny_model(easel, tmp_path_factory):
     return str(out)
 
 
-class Server:
-    """One `easel serve` process. start() waits until /healthz says ready."""
+class Server(common.Server):
+    """One `easel serve` process (tests/chaos/common.py's, with a 2 s shutdown
+    grace) plus requests-based helpers. start() waits until /healthz says ready."""
 
     def __init__(self, exe, model, data_dir, args=(), env=None):
-        self.exe, self.model, self.data_dir = exe, model, str(data_dir)
-        self.args = list(args)
-        self.env = env
-        self.port = free_port()
-        self.proc = None
-        self.log_path = os.path.join(self.data_dir, "serve.log")
-
-    @property
-    def url(self):
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout=60):
-        os.makedirs(self.data_dir, exist_ok=True)
-        cmd = [self.exe, "serve", "--model", self.model, "--host", "127.0.0.1",
-               "--port", str(self.port), "--data-dir", self.data_dir,
-               "--default-size", "64x64", "--default-steps", "4", "--shutdown-grace", "2s",
-               *self.args]
-        env = dict(os.environ)
-        env.update(self.env or {})
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"easel serve exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"easel serve not ready after {timeout}s:\n{self.tail()}")
-
-    def tail(self, n=3000):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout=30):
-        """SIGTERM (graceful); returns the exit status."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        return self.proc.returncode
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        self.log.close()
+        super().__init__(exe, model, data_dir, ["--shutdown-grace", "2s", *args], env)
 
     # -- helpers for the tests --
     def get(self, path, **kw):
