@@ -584,31 +584,22 @@ bad:
     return easel_seterr(EASEL_EINVAL, "--host: '%s' is not an IPv4 or IPv6 address", host);
 }
 
-/* Case-insensitive search for the ASCII needle in [p, end). */
-static const char *find_ci(const char *p, const char *end, const char *needle) {
-    size_t n = strlen(needle);
-    for (; (size_t)(end - p) >= n; p++)
-        if (!strncasecmp(p, needle, n)) return p;
-    return NULL;
-}
-
 /* Appends " 'sha256-<base64>'" for the text of every inline <tag> element of
- * the page to out. The browser hashes the element's text as parsed: the UTF-8
- * bytes with CR LF and lone CR read as LF, so the same is hashed here. */
-static void hash_blocks(const char *html, size_t len, const char *tag, char *out, size_t cap) {
+ * the page (NUL-terminated) to out. The browser hashes the element's text as
+ * parsed: the UTF-8 bytes with CR LF and lone CR read as LF, so the same is
+ * hashed here. */
+static void hash_blocks(const char *html, const char *tag, char *out, size_t cap) {
     char open[16], close[16];
-    snprintf(open, sizeof open, "<%s", tag);
+    size_t open_len = (size_t)snprintf(open, sizeof open, "<%s", tag);
     snprintf(close, sizeof close, "</%s", tag);
-    const char *end = html + len, *p = html;
-    while ((p = find_ci(p, end, open))) {
-        p += strlen(open);
-        if (p >= end) break;
+    for (const char *p = html; (p = strcasestr(p, open));) {
+        p += open_len;
         if (*p != '>' && *p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') continue;
-        const char *body = memchr(p, '>', (size_t)(end - p));
+        const char *body = strchr(p, '>');
         if (!body) break;
         body++;
-        const char *stop = find_ci(body, end, close);
-        if (!stop) stop = end;
+        const char *stop = strcasestr(body, close);
+        if (!stop) stop = body + strlen(body);
         sha256_ctx c;
         sha256_init(&c);
         for (const char *q = body; q < stop; q++) {
@@ -634,10 +625,10 @@ static void hash_blocks(const char *html, size_t len, const char *tag, char *out
  * 'unsafe-inline', no eval, no inline event handlers or style attributes);
  * fetch/EventSource and images from this origin only; no framing. Recomputed
  * from the file at start, so an edited page keeps working. */
-static char *page_csp(const char *html, size_t len) {
+static char *page_csp(const char *html) {
     char scripts[1024] = "", styles[1024] = "";
-    hash_blocks(html, len, "script", scripts, sizeof scripts);
-    hash_blocks(html, len, "style", styles, sizeof styles);
+    hash_blocks(html, "script", scripts, sizeof scripts);
+    hash_blocks(html, "style", styles, sizeof styles);
     size_t cap = sizeof scripts + sizeof styles + sizeof fallback_csp + 64;
     char *csp = malloc(cap);
     if (!csp) return NULL;
@@ -653,7 +644,7 @@ static void load_assets(server *s) {
     snprintf(path, sizeof path, "%s/index.html", s->cfg.static_dir ? s->cfg.static_dir : ".");
     if (!(s->index_html = slurp(path, &s->index_len)))
         log_warn("http: %s: cannot read; / answers 404", path);
-    else if (!(s->page_csp = page_csp(s->index_html, s->index_len)))
+    else if (!(s->page_csp = page_csp(s->index_html)))
         log_warn("http: out of memory building the page's policy; the page's scripts are blocked");
 }
 

@@ -6,9 +6,10 @@
 # crashed, leaked, timed out or failed to start; crash inputs are kept in
 # build-fuzz/fuzz/artifacts/.
 #   usage: tools/fuzz.sh [SECONDS]      (env: FUZZ_BUILD, JOBS, FUZZ_KEEP_CORPUS=1)
+#          tools/fuzz.sh build          (build the targets only; tools/fuzz_long.sh uses it)
 set -uo pipefail
 secs=${1:-60}
-case "$secs" in ""|*[!0-9]*|0) echo "fuzz.sh: SECONDS must be a whole number >= 1 (libFuzzer reads 0 as forever)" >&2; exit 2 ;; esac
+case "$secs" in build) ;; ""|*[!0-9]*|0) echo "fuzz.sh: SECONDS must be a whole number >= 1 (libFuzzer reads 0 as forever)" >&2; exit 2 ;; esac
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${FUZZ_BUILD:-$root/build-fuzz}
 jobs=${JOBS:-$(nproc)}
@@ -20,6 +21,7 @@ CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DEASEL_FUZZ=ON -DEASEL_CUDA=O
 cmake --build "$build" --target fuzzers -j "$jobs" 2>&1 |
   grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)' || true
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "fuzz.sh: build failed" >&2; exit 2; }
+[ "$secs" = build ] && exit 0
 
 mkdir -p "$build/fuzz/artifacts"
 status=0; ran=0

@@ -18,12 +18,7 @@ build=${FUZZ_BUILD:-$root/build-fuzz}
 out=${OUT_DIR:-$root/out/fuzz-long}
 nice_level=${NICE:-10}
 
-# Build with tools/fuzz.sh's configuration (tools/fuzz.sh runs a target with
-# -max_total_time=SECONDS, and 0 means "forever" to libFuzzer, so build here).
-CC=clang CXX=clang++ cmake -S "$root" -B "$build" -DEASEL_FUZZ=ON -DEASEL_CUDA=OFF \
-  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  >/dev/null && cmake --build "$build" --target fuzzers -j "$(nproc)" >/dev/null ||
-  { echo "fuzz_long: build failed" >&2; exit 2; }
+FUZZ_BUILD=$build "$root/tools/fuzz.sh" build >/dev/null || { echo "fuzz_long: build failed" >&2; exit 2; }
 mkdir -p "$out/artifacts" "$out/corpus"
 hz=$(getconf CLK_TCK)
 
