@@ -20,6 +20,7 @@ struct arena {
     size_t used;      /* global offset of the next free byte */
     size_t high;      /* high-water mark since creation */
     easel_err err;
+    uint64_t gen;     /* bumped by every chunk allocated or freed */
 };
 
 static size_t align_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1); }
@@ -32,6 +33,7 @@ static easel_err add_chunk(arena *a, size_t size) {
     if (e) return e;
     size_t base = a->nchunks ? a->chunks[a->nchunks - 1].base + a->chunks[a->nchunks - 1].size : 0;
     a->chunks[a->nchunks++] = (chunk){p, base, size};
+    a->gen++;
     return EASEL_OK;
 }
 
@@ -52,6 +54,7 @@ arena *arena_create(backend *be, size_t initial_bytes) {
 static void free_chunks(arena *a) {
     for (int i = 0; i < a->nchunks; i++) a->be->free(a->be, a->chunks[i].mem);
     a->nchunks = 0;
+    a->gen++;
 }
 
 void arena_free(arena *a) {
@@ -137,3 +140,9 @@ size_t arena_capacity(const arena *a) {
     return n;
 }
 backend *arena_backend(const arena *a) { return a->be; }
+uint64_t arena_generation(const arena *a) { return a->gen; }
+backend *arena_set_backend(arena *a, backend *be) {
+    backend *old = a->be;
+    a->be = be;
+    return old;
+}

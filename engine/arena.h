@@ -37,5 +37,14 @@ size_t arena_used(const arena *a);
 size_t arena_high_water(const arena *a);
 size_t arena_capacity(const arena *a);
 backend *arena_backend(const arena *a);
+/* Changes whenever the arena's memory is allocated or freed (a new chunk, or
+ * the consolidation in arena_reset): while it stays the same, the same
+ * sequence of allocations from the same mark returns the same addresses —
+ * what a captured CUDA graph of a step relies on. */
+uint64_t arena_generation(const arena *a);
+/* Allocates from here on as be, a view of the arena's backend on the same
+ * memory (backend_with_dtype): tensors get be's dtype. Returns the previous
+ * backend, to restore. */
+backend *arena_set_backend(arena *a, backend *be);
 
 #endif

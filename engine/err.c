@@ -54,6 +54,7 @@ const char *easel_errname(easel_err code) {
     case EASEL_EDEVICE: return "device_error";
     case EASEL_EFULL: return "full";
     case EASEL_EINTERNAL: return "internal";
+    case EASEL_EDEVLOST: return "device_lost";
     }
     return "unknown";
 }

@@ -16,7 +16,9 @@ typedef enum {
     EASEL_ECANCELED,   /* stopped on request */
     EASEL_EDEVICE,     /* accelerator error */
     EASEL_EFULL,       /* queue or disk full */
-    EASEL_EINTERNAL    /* a bug: an invariant did not hold */
+    EASEL_EINTERNAL,   /* a bug: an invariant did not hold */
+    EASEL_EDEVLOST     /* the accelerator is unusable until the process restarts
+                          (a kernel fault is sticky for every worker) */
 } easel_err;
 
 /* Sets the calling thread's message (printf-style) and returns code. */

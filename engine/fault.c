@@ -1,6 +1,6 @@
 /* Allocation- and write-failure injection for the fault build (see fault.h):
  * the --wrap'd allocators and write(2) count calls and fail the chosen ones;
- * the --wrap'd sd_generate arms the calling thread. The configuration and
+ * image generation arms its thread (models/pipeline.c calls fault_arm). The configuration and
  * counters are deliberately process-wide (test builds only). */
 #include "fault.h"
 
@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include "../models/pipeline.h"
 
 #if EASEL_FAULTS
 
@@ -126,10 +124,6 @@ void *__real_aligned_alloc(size_t align, size_t n);
 char *__real_strdup(const char *s);
 char *__real_strndup(const char *s, size_t n);
 ssize_t __real_write(int fd, const void *buf, size_t n);
-easel_err __real_sd_generate(sd_worker *w, const gen_params *p, gen_progress_fn progress,
-                             void *user, uint8_t **rgb, gen_timings *timings);
-easel_err __real_sd_generate_ex(sd_worker *w, const gen_params *p, gen_progress_fn progress,
-                                void *user, uint8_t **rgb, float *latents, gen_timings *timings);
 
 void *__wrap_malloc(size_t n) {
     if (fail_alloc(n)) return errno = ENOMEM, NULL;
@@ -170,22 +164,6 @@ ssize_t __wrap_write(int fd, const void *buf, size_t n) {
         }
     }
     return __real_write(fd, buf, n);
-}
-
-easel_err __wrap_sd_generate(sd_worker *w, const gen_params *p, gen_progress_fn progress,
-                             void *user, uint8_t **rgb, gen_timings *timings) {
-    fault_arm();
-    easel_err e = __real_sd_generate(w, p, progress, user, rgb, timings);
-    fault_disarm();
-    return e;
-}
-
-easel_err __wrap_sd_generate_ex(sd_worker *w, const gen_params *p, gen_progress_fn progress,
-                                void *user, uint8_t **rgb, float *latents, gen_timings *timings) {
-    fault_arm();
-    easel_err e = __real_sd_generate_ex(w, p, progress, user, rgb, latents, timings);
-    fault_disarm();
-    return e;
 }
 
 #else /* not a fault build: nothing is wrapped */

@@ -4,9 +4,9 @@
  * In every other build the functions below do nothing and nothing is wrapped.
  *
  * How: the fault build links with -Wl,--wrap=malloc,calloc,realloc,
- * posix_memalign,aligned_alloc,strdup,strndup,write,sd_generate,sd_generate_ex,
- * so calls made from our own code (libeasel + the binary, not from shared
- * libraries such as libc, SQLite or cJSON) go through engine/fault.c first.
+ * posix_memalign,aligned_alloc,strdup,strndup,write, so calls made from our
+ * own code (libeasel + the binary, not from shared libraries such as libc,
+ * SQLite or cJSON) go through engine/fault.c first.
  *
  * EASEL_FAULT (read at start-up; items joined by commas):
  *   alloc:N    the Nth allocation made while armed fails, once (N >= 1)
@@ -14,8 +14,8 @@
  *   size:B     every armed allocation of B bytes or more fails
  *   write:N    the Nth write(2) from our code, on any thread, fails with ENOSPC
  *   write:N+   every write from the Nth on fails with ENOSPC
- * A thread is "armed" while it runs sd_generate()/sd_generate_ex() called from
- * another file (the server's job runner, the CLI, a test), or between
+ * A thread is "armed" while it runs an image generation (sd_generate_ex()
+ * arms itself: the server's job runner, the CLI, a test), or between
  * fault_arm() and fault_disarm(). So alloc:N counts only the allocations of
  * image generations, not those of HTTP handlers or model loading; a server
  * under alloc:N should be started with --no-calibrate (calibration is a

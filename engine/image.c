@@ -5,6 +5,8 @@
  * a small function whose state lives in a caller-owned struct. */
 #include "image.h"
 
+#include "fsutil.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -103,78 +105,13 @@ easel_err image_encode_png(const uint8_t *rgb, int w, int h, uint8_t **out, size
     return 0;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n) {
-    while (n) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) {
-            if (k == 0) errno = EIO;
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-/* dir of path ("." if none) into buf. */
-static void dir_of(const char *path, char *buf, size_t len) {
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(buf, len, ".");
-    else if (slash == path)
-        snprintf(buf, len, "/");
-    else
-        snprintf(buf, len, "%.*s", (int)(slash - path), path);
-}
-
-/* Creates <dir>/.<name>.tmp.<pid>.<rand> exclusively; fd or -1 (errno set). */
-static int open_temp(const char *path, char *tmp, size_t len) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    dir_of(path, dir, sizeof dir);
-    for (int tries = 0; tries < 16; tries++) {
-        unsigned r = 0;
-        if (getrandom(&r, sizeof r, GRND_NONBLOCK) != (ssize_t)sizeof r)
-            r ^= (unsigned)tries * 2654435761u;
-        int n = snprintf(tmp, len, "%s/.%s.tmp.%ld.%08x", dir, slash ? slash + 1 : path,
-                         (long)getpid(), r);
-        if (n < 0 || (size_t)n >= len) return errno = ENAMETOOLONG, -1;
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-        if (fd >= 0 || errno != EEXIST) return fd;
-    }
-    return -1;
-}
-
-/* Writes bytes to a temp file and renames it over path; removes the temp on failure. */
-static easel_err write_atomic(const char *path, const uint8_t *bytes, size_t n) {
-    char tmp[4352];
-    int fd = open_temp(path, tmp, sizeof tmp);
-    if (fd < 0) return easel_seterr(EASEL_EIO, "writing PNG %s: %s", path, strerror(errno));
-    int bad = write_all(fd, bytes, n) || fsync(fd);
-    int err = errno;
-    if (close(fd) && !bad) bad = 1, err = errno;
-    if (!bad && rename(tmp, path)) bad = 1, err = errno;
-    if (bad) {
-        unlink(tmp);
-        return easel_seterr(EASEL_EIO, "writing PNG %s: %s", path, strerror(err));
-    }
-    char dir[4096];
-    dir_of(path, dir, sizeof dir);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        fsync(dfd); /* best effort: makes the rename durable where supported */
-        close(dfd);
-    }
-    return 0;
-}
-
 easel_err image_write_png(const char *path, const uint8_t *rgb, int w, int h) {
     uint8_t *png;
     size_t n;
     easel_err e = image_encode_png(rgb, w, h, &png, &n);
     if (e) return easel_wraperr(e, "%s", path);
-    e = write_atomic(path, png, n);
+    e = fs_write_file(path, png, n); /* temp file, fsync, rename, directory fsync */
+    if (e) easel_wraperr(e, "writing PNG");
     free(png);
     return e;
 }

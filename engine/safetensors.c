@@ -1,7 +1,7 @@
 /* safetensors reader and writer (see safetensors.h). The reader validates the
  * header with its own strict, schema-directed JSON parser (exact u64 integers,
  * duplicate keys and bad UTF-8 rejected) before any tensor is handed out; the
- * writer streams the caller's buffers to path.tmp, fsyncs and renames. */
+ * writer streams the caller's buffers through an atomic write (fsutil.h). */
 #include "safetensors.h"
 
 #include <errno.h>
@@ -14,7 +14,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "tensor.h"
+#include "utf8.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host (F32 data is copied as is)"
@@ -491,34 +493,6 @@ static easel_err parse_header(st_file *f, const char *s, size_t n) {
 
 /* ---------------------------------------------------------- validation */
 
-/* Rust's str::from_utf8 rules: no overlongs, no surrogates, <= U+10FFFF. */
-static int utf8_valid(const uint8_t *s, size_t n, size_t *bad) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        size_t len = c < 0x80                 ? 1
-                     : c >= 0xc2 && c <= 0xdf ? 2
-                     : c >= 0xe0 && c <= 0xef ? 3
-                     : c >= 0xf0 && c <= 0xf4 ? 4
-                                              : 0;
-        if (!len || i + len > n) break;
-        uint8_t lo = 0x80, hi = 0xbf;
-        if (c == 0xe0) lo = 0xa0;
-        if (c == 0xed) hi = 0x9f;
-        if (c == 0xf0) lo = 0x90;
-        if (c == 0xf4) hi = 0x8f;
-        size_t k = 1;
-        for (; k < len; k++) {
-            uint8_t d = s[i + k];
-            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf)) break;
-        }
-        if (k < len) break;
-        i += len;
-    }
-    *bad = i;
-    return i == n;
-}
-
 /* qsort_r comparators (glibc argument order: a, b, context). */
 static int cmp_by_name(const void *a, const void *b, void *ctx) {
     const st_tensor *t = ctx;
@@ -961,52 +935,15 @@ static void build_header(const st_writer *w, sbuf *b) {
 }
 
 /* write() until done; chunks stay below the kernel's ~2 GiB per-call cap. */
-static int write_all(int fd, const void *p, uint64_t n) {
-    const char *s = p;
-    while (n) {
-        size_t k = n > (1u << 30) ? (1u << 30) : (size_t)n;
-        ssize_t w = write(fd, s, k);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            if (w == 0) errno = EIO;
-            return -1;
-        }
-        s += w;
-        n -= (uint64_t)w;
-    }
-    return 0;
-}
-
-/* fsync the directory holding path so the rename itself is durable. */
-static void fsync_parent(const char *path) {
-    char dir[4096];
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, sizeof dir, ".");
-    else if (slash == path)
-        snprintf(dir, sizeof dir, "/");
-    else
-        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return;
-    fsync(fd); /* best effort: some filesystems refuse fsync on directories */
-    close(fd);
-}
-
-static easel_err write_file(const st_writer *w, const sbuf *h, const char *tmp) {
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) return easel_seterr(EASEL_EIO, "creating %s: %s", tmp, strerror(errno));
+static easel_err write_file(const st_writer *w, const sbuf *h, fs_atomic *f) {
     uint8_t len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (uint8_t)((uint64_t)h->n >> (8 * i));
-    int bad = write_all(fd, len8, 8) || write_all(fd, h->p, h->n);
-    for (size_t i = 0; i < w->n && !bad; i++)
-        bad = write_all(fd, w->e[i].data, w->e[i].nbytes);
-    if (!bad) bad = fsync(fd);
-    int err = errno;
-    if (close(fd) && !bad) bad = 1, err = errno;
-    if (bad) return easel_seterr(EASEL_EIO, "writing %s: %s", tmp, strerror(err));
-    return 0;
+    easel_err e = fs_atomic_write(f, len8, 8);
+    if (!e) e = fs_atomic_write(f, h->p, h->n);
+    for (size_t i = 0; i < w->n && !e; i++)
+        e = fs_atomic_write(f, w->e[i].data, w->e[i].nbytes);
+    return e;
 }
 
 easel_err st_writer_save(st_writer *w, const char *path) {
@@ -1017,19 +954,17 @@ easel_err st_writer_save(st_writer *w, const char *path) {
     if (h.n > ST_MAX_HEADER)
         return free(h.p),
                easel_seterr(EASEL_EINVAL, "%s: header of %zu bytes is too large", path, h.n);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (!tmp) return free(h.p), easel_seterr(EASEL_ENOMEM, "%s: out of memory", path);
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp", 5);
-    easel_err e = write_file(w, &h, tmp);
+    fs_atomic f;
+    easel_err e = fs_atomic_open(&f, path);
+    if (e) {
+        free(h.p);
+        return easel_wraperr(e, "writing safetensors");
+    }
+    e = write_file(w, &h, &f);
     free(h.p);
-    if (!e && rename(tmp, path))
-        e = easel_seterr(EASEL_EIO, "renaming %s to %s: %s", tmp, path, strerror(errno));
     if (e)
-        unlink(tmp);
+        fs_atomic_abort(&f);
     else
-        fsync_parent(path);
-    free(tmp);
-    return e;
+        e = fs_atomic_commit(&f); /* fsync, rename, directory fsync */
+    return e ? easel_wraperr(e, "writing safetensors") : EASEL_OK;
 }

@@ -60,7 +60,8 @@ size_t st_dtype_size(st_dtype dt);
 int st_dtype_parse(const char *s);
 
 /* Writer: tensors reference the caller's data until st_writer_save() returns.
- * The file is written to path.tmp, fsynced and renamed. */
+ * The file is written atomically (engine/fsutil.h: a unique temp file,
+ * fsynced, renamed, the directory fsynced). */
 typedef struct st_writer st_writer;
 st_writer *st_writer_create(void);
 void st_writer_free(st_writer *w);

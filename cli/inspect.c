@@ -5,8 +5,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "../engine/opts.h"
+#include "../engine/safetensors.h"
 #include "cli.h"
-#include "safetensors.h"
 
 typedef struct {
     int64_t elements;
@@ -128,30 +129,28 @@ static void print_json(const st_file *f, uint64_t fsize) {
            (long long)t.elements, (unsigned long long)t.bytes);
 }
 
-static int inspect_usage(FILE *o) {
-    fprintf(o, "usage: easel inspect [--json] FILE.safetensors\n"
-               "  Validates the file and prints its metadata and tensors.\n"
-               "  Exit status: 0 valid, 2 invalid/missing file or bad usage, 1 other failure.\n");
-    return o == stdout ? 0 : 2;
-}
-
 int cmd_inspect(int argc, char **argv) {
-    const char *path = NULL;
-    int json = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return inspect_usage(stdout);
-        if (!strcmp(argv[i], "--json"))
-            json = 1;
-        else if (argv[i][0] == '-' && argv[i][1]) {
-            fprintf(stderr, "easel inspect: unknown option '%s'\n", argv[i]);
-            return inspect_usage(stderr);
-        } else if (path) {
-            fprintf(stderr, "easel inspect: one file at a time\n");
-            return 2;
-        } else
-            path = argv[i];
+    const char *pos[1] = {NULL};
+    int npos = 0, json = 0;
+    const opt_spec specs[] = {
+        {.name = "json", .kind = OPT_FLAG, .dst = &json, .help = "print JSON instead of text"},
+        {0}};
+    const opts_cmd cmd = {.name = "easel inspect",
+                          .synopsis = "[--json] FILE.safetensors",
+                          .intro = "Validates the file and prints its metadata and tensors.",
+                          .footer = "exit status: 0 valid, 2 invalid/missing file or bad usage, "
+                                    "1 other failure",
+                          .specs = specs,
+                          .pos = pos,
+                          .max_pos = 1,
+                          .npos = &npos};
+    int r = opts_parse(&cmd, argc, argv);
+    if (r) return r == 1 ? 0 : 2;
+    const char *path = pos[0];
+    if (!path) {
+        fprintf(stderr, "easel inspect: give one FILE.safetensors\n");
+        return 2;
     }
-    if (!path) return inspect_usage(stderr);
     st_file *f;
     easel_err e = st_open(path, &f);
     if (e) {
