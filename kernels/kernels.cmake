@@ -31,17 +31,53 @@ foreach(cu ${EASEL_KERNEL_CU})
   list(APPEND EASEL_EMU_SRC ${wrapper})
 endforeach()
 
-# The op test needs the CPU backend as its reference.
+# The emulator's shared-memory race detector and random fiber switches need
+# every load and store of kernel code to call it: the kernel sources (and the
+# test's own kernels) are compiled with ThreadSanitizer's instrumentation but
+# linked without its runtime; kernels/emu/emu.cpp defines the __tsan_* entry
+# points. Not in sanitizer builds (ASan and TSan instrumentation exclude each
+# other) nor with clang's fuzzer build: there the emulator runs without them.
+set(EASEL_EMU_RACECHECK OFF)
+if(NOT EASEL_SANITIZE AND NOT EASEL_FUZZ AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+  set(EASEL_EMU_RACECHECK ON)
+endif()
+
+# The emulated CUDA backend, shared by the tests built on it: the kernels,
+# backend_cuda.c and cuda_host.c over kernels/emu (entry points with an _emu_
+# infix), the scheduler and the runtime.
+add_library(easel_emu OBJECT ${EASEL_EMU_SRC} ${EASEL_KERNEL_C} ${CMAKE_SOURCE_DIR}/kernels/emu/emu.cpp
+            ${CMAKE_SOURCE_DIR}/kernels/emu/cuda_runtime_emu.cpp)
+target_compile_definitions(easel_emu PUBLIC EASEL_CUDA_EMU=1 _GNU_SOURCE)
+target_include_directories(easel_emu PUBLIC ${CMAKE_SOURCE_DIR}/kernels ${CMAKE_SOURCE_DIR})
+target_compile_options(easel_emu PRIVATE -Wall -Wextra -Werror -Wno-error=unused-function)
+if(EASEL_EMU_RACECHECK)
+  target_compile_definitions(easel_emu PUBLIC EASEL_EMU_RACECHECK=1)
+  set_source_files_properties(${EASEL_EMU_SRC} PROPERTIES COMPILE_OPTIONS "-fsanitize=thread")
+endif()
+
+# Tests on the emulated backend; the CPU backend (libeasel) is their reference.
+# test_ops_cuda is compiled through a wrapper, so that its instrumentation
+# (its own test kernels) does not reach test_ops_gpu, built from the same file.
 if(EXISTS ${CMAKE_SOURCE_DIR}/engine/backend_cpu.c AND EXISTS ${CMAKE_SOURCE_DIR}/tests/test_ops_cuda.cpp)
-  add_executable(test_ops_cuda ${CMAKE_SOURCE_DIR}/tests/test_ops_cuda.cpp ${EASEL_EMU_SRC}
-                 ${EASEL_KERNEL_C} ${CMAKE_SOURCE_DIR}/kernels/emu/emu.cpp
-                 ${CMAKE_SOURCE_DIR}/kernels/emu/cuda_runtime_emu.c)
-  target_compile_definitions(test_ops_cuda PRIVATE EASEL_CUDA_EMU=1)
-  target_include_directories(test_ops_cuda PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
-  target_compile_options(test_ops_cuda PRIVATE -Wall -Wextra -Werror -Wno-error=unused-function)
-  target_link_libraries(test_ops_cuda PRIVATE easel_lib)
-  set_target_properties(test_ops_cuda PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
-  add_test(NAME test_ops_cuda COMMAND test_ops_cuda)
+  set(EASEL_EMU_TEST ${CMAKE_BINARY_DIR}/kernels-emu/test_ops_cuda_emu.cpp)
+  file(CONFIGURE OUTPUT ${EASEL_EMU_TEST}
+       CONTENT "#include \"${CMAKE_SOURCE_DIR}/tests/test_ops_cuda.cpp\"\n" @ONLY)
+  if(EASEL_EMU_RACECHECK)
+    set_source_files_properties(${EASEL_EMU_TEST} PROPERTIES COMPILE_OPTIONS "-fsanitize=thread")
+  endif()
+  foreach(t test_ops_cuda test_pipeline_cuda)
+    if(t STREQUAL test_ops_cuda)
+      add_executable(${t} ${EASEL_EMU_TEST} $<TARGET_OBJECTS:easel_emu>)
+    else()
+      add_executable(${t} ${CMAKE_SOURCE_DIR}/tests/${t}.cpp $<TARGET_OBJECTS:easel_emu>)
+    endif()
+    target_compile_definitions(${t} PRIVATE $<TARGET_PROPERTY:easel_emu,INTERFACE_COMPILE_DEFINITIONS>)
+    target_include_directories(${t} PRIVATE ${CMAKE_SOURCE_DIR}/kernels)
+    target_compile_options(${t} PRIVATE -Wall -Wextra -Werror -Wno-error=unused-function)
+    target_link_libraries(${t} PRIVATE easel_lib)
+    set_target_properties(${t} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+    add_test(NAME ${t} COMMAND ${t})
+  endforeach()
 
   if(EASEL_HAVE_CUDA)
     add_executable(test_ops_gpu ${CMAKE_SOURCE_DIR}/tests/test_ops_cuda.cpp)

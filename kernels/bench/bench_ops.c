@@ -5,7 +5,9 @@
  * of 7 rounds of 10 launches between syncs) and prints a markdown table with
  * achieved TFLOP/s (matrix ops) or GB/s (memory-bound ops, counting each
  * input read once and each output written once) against those ceilings.
- *   usage: bench_ops [--quick]   (needs a CUDA device) */
+ * The op/shape names match tools/gpu_check/torch_ops.py's, which times the
+ * same problems in PyTorch, so tools/gpu_check/report.py can give ratios.
+ *   usage: bench_ops [--quick] [--json FILE]   (needs a CUDA device) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,7 @@
 #include <time.h>
 
 #include "../../engine/backend.h"
+#include "../backend_cuda.h"
 
 static backend *be;
 
@@ -127,8 +130,17 @@ static void free_args(args *a) {
 }
 
 static double peak_tflops, peak_gbs;
+static FILE *json; /* --json: one object per row */
+static int json_rows;
 
 static void row(const char *name, const char *shape, double s, double flop, double bytes) {
+    if (json) {
+        fprintf(json,
+                "%s\n  {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.6f, \"flop\": %.6g, "
+                "\"bytes\": %.6g}",
+                json_rows++ ? "," : "", name, shape, s < 0 ? -1.0 : s * 1e3, flop, bytes);
+        fflush(json);
+    }
     if (s < 0) {
         printf("| %s | %s | error: %s | | |\n", name, shape, easel_errmsg());
         return;
@@ -169,9 +181,10 @@ static void bench_attention(int64_t b, int64_t lq, int64_t lk, int64_t h, int64_
     backend_tensor_alloc(be, &a.y, be->act_dtype, 3, sq);
     a.heads = (int)h;
     char shape[96];
-    snprintf(shape, sizeof shape, "B%lld Lq%lld Lk%lld H%lld D%lld", (long long)b, (long long)lq,
-             (long long)lk, (long long)h, (long long)d);
-    row("attention (flash, WMMA)", shape, time_op(run_attention, &a), 4.0 * b * h * lq * lk * d, 0);
+    snprintf(shape, sizeof shape, "B%lld Lq%lld Lk%lld H%lld D%lld%s", (long long)b, (long long)lq,
+             (long long)lk, (long long)h, (long long)d, be->act_dtype == DT_F32 ? " f32" : "");
+    row(d > 256 ? "attention (GEMM-softmax-GEMM)" : "attention (flash, mma.sync)", shape,
+        time_op(run_attention, &a), 4.0 * b * h * lq * lk * d, 0);
     free_args(&a);
 }
 
@@ -183,8 +196,9 @@ static void bench_conv(int64_t n, int64_t hw, int64_t ci, int64_t co, int k, int
     backend_tensor_alloc(be, &a.y, be->act_dtype, 4, sy);
     a.stride = stride, a.pad = k / 2;
     char shape[96];
-    snprintf(shape, sizeof shape, "x[%lld,%lld,%lld,%lld] %dx%d s%d -> %lld", (long long)n,
-             (long long)hw, (long long)hw, (long long)ci, k, k, stride, (long long)co);
+    snprintf(shape, sizeof shape, "x[%lld,%lld,%lld,%lld] %dx%d s%d -> %lld%s", (long long)n,
+             (long long)hw, (long long)hw, (long long)ci, k, k, stride, (long long)co,
+             be->act_dtype == DT_F32 ? " f32" : "");
     row("conv2d (im2col + cuBLASLt)", shape, time_op(run_conv, &a),
         2.0 * n * ho * ho * co * k * k * ci, 0);
     free_args(&a);
@@ -251,11 +265,39 @@ static void bench_memory_ops(void) {
     free_args(&a);
 }
 
+/* The VAE's problems, on the fp32 view it decodes through (force_upcast). */
+static void bench_vae_f32(int quick) {
+    backend *f16 = be, *v = backend_with_dtype(be, DT_F32);
+    if (!v) {
+        printf("| vae (fp32 view) | | error: %s | | |\n", easel_errmsg());
+        return;
+    }
+    be = v;
+    bench_attention(1, 4096, 4096, 1, 512); /* the mid-block at 512^2, fp32: GEMMs on TF32 */
+    if (!quick) bench_conv(1, 256, 256, 256, 3, 1);
+    be = f16;
+}
+
 int main(int argc, char **argv) {
-    int quick = argc > 1 && !strcmp(argv[1], "--quick");
+    int quick = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) {
+            quick = 1;
+        } else if (!strcmp(argv[i], "--json") && i + 1 < argc) {
+            if (!(json = fopen(argv[++i], "w"))) {
+                fprintf(stderr, "bench_ops: cannot write %s\n", argv[i]);
+                return 2;
+            }
+            fprintf(json, "[");
+        } else {
+            fprintf(stderr, "usage: bench_ops [--quick] [--json FILE]\n");
+            return 2;
+        }
+    }
     be = backend_cuda_create(-1);
     if (!be) {
         printf("skipped: no CUDA device (%s)\n", easel_errmsg());
+        if (json) fprintf(json, "]\n"), fclose(json);
         return 0;
     }
     ceilings();
@@ -273,6 +315,9 @@ int main(int argc, char **argv) {
     bench_linear(8192, 1280, 320);
     bench_linear(8192, 320, 960); /* packed QKV */
     bench_memory_ops();
+    bench_attention(1, 4096, 4096, 1, 512); /* the VAE mid-block head, fp16 (force_upcast off) */
+    bench_vae_f32(quick);
     backend_destroy(be);
+    if (json) fprintf(json, "\n]\n"), fclose(json);
     return 0;
 }
