@@ -1,6 +1,7 @@
-/* CLIP text encoder (transformers' CLIPTextModel): token + position
- * embeddings, pre-LN layers (causal self-attention, quick-GELU or GELU MLP),
- * final layer norm, with diffusers' clip_skip. */
+/* CLIP text encoder (transformers' CLIPTextModel and
+ * CLIPTextModelWithProjection): token + position embeddings, pre-LN layers
+ * (causal self-attention, quick-GELU or GELU MLP), final layer norm, with
+ * diffusers' clip_skip; the pooled EOS state and its projection. */
 #include "clip.h"
 
 #include <cjson/cJSON.h>
@@ -26,6 +27,7 @@ struct clip_model {
     tensor tok_emb, pos_emb;
     clip_layer *layers;
     nn_norm final_ln;
+    nn_linear proj; /* text_projection (projection models only) */
 };
 
 void clip_config_sd15(clip_config *c) {
@@ -36,7 +38,9 @@ void clip_config_sd15(clip_config *c) {
                        .intermediate = 3072,
                        .max_positions = 77,
                        .quick_gelu = 1,
-                       .eps = 1e-5f};
+                       .eps = 1e-5f,
+                       .projection_dim = 768,
+                       .eos_token_id = 2};
 }
 
 static int json_int(const cJSON *root, const char *key, int *v) {
@@ -59,7 +63,9 @@ easel_err clip_config_from_json(clip_config *c, const char *json) {
         json_int(root, "num_hidden_layers", &t.layers) ||
         json_int(root, "num_attention_heads", &t.heads) ||
         json_int(root, "intermediate_size", &t.intermediate) ||
-        json_int(root, "max_position_embeddings", &t.max_positions))
+        json_int(root, "max_position_embeddings", &t.max_positions) ||
+        json_int(root, "projection_dim", &t.projection_dim) ||
+        json_int(root, "eos_token_id", &t.eos_token_id))
         TRY(easel_seterr(EASEL_EFORMAT, "text encoder config: a size is not a number"));
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(root, "layer_norm_eps");
     if (cJSON_IsNumber(eps)) t.eps = (float)eps->valuedouble;
@@ -75,8 +81,21 @@ easel_err clip_config_from_json(clip_config *c, const char *json) {
                              "is not supported (quick_gelu, gelu)",
                              act->valuestring));
     }
+    /* transformers builds the class the config names: the projection comes with it */
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(root, "architectures"), *an;
+    cJSON_ArrayForEach(an, archs) if (cJSON_IsString(an)) {
+        if (!strcmp(an->valuestring, "CLIPTextModelWithProjection"))
+            t.projection = 1;
+        else if (!strcmp(an->valuestring, "CLIPTextModel"))
+            t.projection = 0;
+        else
+            TRY(easel_seterr(EASEL_EUNSUPPORTED,
+                             "text encoder config: architecture \"%s\" is not supported "
+                             "(CLIPTextModel, CLIPTextModelWithProjection)",
+                             an->valuestring));
+    }
     if (t.vocab_size < 1 || t.hidden < 1 || t.layers < 1 || t.heads < 1 || t.hidden % t.heads ||
-        t.intermediate < 1 || t.max_positions < 1)
+        t.intermediate < 1 || t.max_positions < 1 || t.projection_dim < 1)
         TRY(easel_seterr(EASEL_EUNSUPPORTED,
                          "text encoder config: bad sizes (hidden %d, heads "
                          "%d, layers %d)",
@@ -128,6 +147,9 @@ easel_err clip_load(const clip_config *c, wstore *ws, clip_model **out) {
     for (int i = 0; i < c->layers; i++)
         TRY(layer_load(&m->params, c, &m->layers[i], i));
     TRY(nn_norm_load(&m->params, &m->final_ln, c->hidden, "text_model.final_layer_norm"));
+    if (c->projection)
+        TRY(nn_linear_load(&m->params, &m->proj, c->hidden, c->projection_dim, 0, 0,
+                           "text_projection"));
     *out = m;
     return EASEL_OK;
 done:
@@ -174,15 +196,57 @@ done:
     return err;
 }
 
-easel_err clip_forward(const clip_model *m, arena *ar, const int32_t *ids, int batch, int skip,
-                       tensor *out) {
+int clip_pooled_dim(const clip_config *c) {
+    return c->projection ? c->projection_dim : c->hidden;
+}
+
+/* Where transformers takes the pooled state of one sequence: the first
+ * largest id for the legacy eos_token_id 2, else the first eos_token_id
+ * (position 0 if there is none, as argmax of all-false). */
+static int eos_position(const clip_config *c, const int32_t *ids) {
+    int best = 0;
+    for (int i = 0; i < c->max_positions; i++)
+        if (c->eos_token_id == 2 ? ids[i] > ids[best] : ids[i] == c->eos_token_id) {
+            best = i;
+            if (c->eos_token_id != 2) break;
+        }
+    return best;
+}
+
+/* pooled [B, P] = proj(final_ln(h[b, eos_b])) */
+static easel_err pool(const clip_model *m, arena *ar, const int32_t *ids, int batch,
+                      const tensor *h, tensor *pooled) {
     const clip_config *c = &m->c;
     backend *be = arena_backend(ar);
-    int64_t L = c->max_positions, D = c->hidden;
-    if (batch < 1 || skip < 0 || skip >= c->layers || out->ndim != 3 || out->ne[0] != batch ||
-        out->ne[1] != L || out->ne[2] != D)
-        return easel_seterr(EASEL_EINVAL, "clip_forward: bad batch %d, skip %d or output shape",
-                            batch, skip);
+    size_t mark = arena_mark(ar);
+    easel_err err = EASEL_OK;
+    int32_t rows[64];
+    if (batch > 64) return easel_seterr(EASEL_EINVAL, "clip_encode: batch %d > 64", batch);
+    for (int b = 0; b < batch; b++)
+        rows[b] = b * c->max_positions + eos_position(c, ids + (size_t)b * c->max_positions);
+    tensor h2 = tensor_2d(h->data, h->dt, h->dev, (int64_t)batch * c->max_positions, c->hidden);
+    tensor g = arena_new2(ar, batch, c->hidden);
+    tensor n = c->projection ? arena_new2(ar, batch, c->hidden) : *pooled;
+    TRY(arena_error(ar));
+    TRY(be->gather_rows(be, &g, &h2, rows, batch));
+    TRY(be->layer_norm(be, &n, &g, &m->final_ln.w, &m->final_ln.b, c->eps));
+    if (c->projection) TRY(nn_linear_fwd(be, &m->proj, pooled, &n));
+done:
+    arena_release(ar, mark);
+    return err;
+}
+
+easel_err clip_encode(const clip_model *m, arena *ar, const int32_t *ids, int batch, int layer,
+                      int final_norm, tensor *hidden, tensor *pooled) {
+    const clip_config *c = &m->c;
+    backend *be = arena_backend(ar);
+    int64_t L = c->max_positions, D = c->hidden, P = clip_pooled_dim(c);
+    if (batch < 1 || layer < 0 || layer > c->layers || hidden->ndim != 3 ||
+        hidden->ne[0] != batch || hidden->ne[1] != L || hidden->ne[2] != D ||
+        (pooled && (pooled->ndim != 2 || pooled->ne[0] != batch || pooled->ne[1] != P)))
+        return easel_seterr(EASEL_EINVAL,
+                            "clip_encode: bad batch %d, layer %d (of %d) or output shapes", batch,
+                            layer, c->layers);
     for (int64_t i = 0; i < batch * L; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return easel_seterr(EASEL_EINVAL, "clip_forward: token id %d out of range [0,%d)",
@@ -194,10 +258,25 @@ easel_err clip_forward(const clip_model *m, arena *ar, const int32_t *ids, int b
     tensor h2 = tensor_2d(h.data, h.dt, h.dev, batch * L, D);
     TRY(be->gather_rows(be, &h2, &m->tok_emb, ids, batch * L));
     TRY(be->binary(be, &h, &h, &m->pos_emb, BINARY_ADD));
-    for (int i = 0; i < c->layers - skip; i++)
-        TRY(layer_fwd(m, &m->layers[i], ar, &h));
-    TRY(be->layer_norm(be, out, &h, &m->final_ln.w, &m->final_ln.b, c->eps));
+    int run = pooled ? c->layers : layer;
+    for (int i = 0; i <= run; i++) {
+        if (i == layer) { /* hidden_states[i]: after i layers (0: the embeddings) */
+            if (final_norm)
+                TRY(be->layer_norm(be, hidden, &h, &m->final_ln.w, &m->final_ln.b, c->eps));
+            else
+                TRY(be->copy(be, hidden, &h));
+        }
+        if (i < run) TRY(layer_fwd(m, &m->layers[i], ar, &h));
+    }
+    if (pooled) TRY(pool(m, ar, ids, batch, &h, pooled));
 done:
     arena_release(ar, mark);
     return err;
+}
+
+easel_err clip_forward(const clip_model *m, arena *ar, const int32_t *ids, int batch, int skip,
+                       tensor *out) {
+    if (skip < 0 || skip >= m->c.layers)
+        return easel_seterr(EASEL_EINVAL, "clip_forward: bad skip %d", skip);
+    return clip_encode(m, ar, ids, batch, m->c.layers - skip, 1, out, NULL);
 }

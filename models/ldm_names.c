@@ -1,7 +1,9 @@
-/* diffusers -> single-file (LDM / CompVis) parameter names for SD1.x: the
- * inverse of diffusers' convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint
- * and convert_ldm_clip_checkpoint (tests/test_loader.c checks it against the
- * pairs tools/fixtures_names.py gets from diffusers itself). */
+/* diffusers -> single-file (LDM / CompVis / SGM) parameter names for SD1.x,
+ * SD2.x and SDXL: the inverse of diffusers' convert_ldm_unet_checkpoint,
+ * convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint and
+ * convert_open_clip_checkpoint (tests/test_loader.c checks it against the
+ * pairs tools/fixtures_names.py, fixtures_sd2.py and fixtures_sdxl_names.py
+ * get from diffusers' own converters). */
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +24,11 @@ static const name_pair unet_fixed[] = {
     {"conv_norm_out.bias", "out.0.bias"},
     {"conv_out.weight", "out.2.weight"},
     {"conv_out.bias", "out.2.bias"},
+    /* SDXL's text_time added embedding */
+    {"add_embedding.linear_1.weight", "label_emb.0.0.weight"},
+    {"add_embedding.linear_1.bias", "label_emb.0.0.bias"},
+    {"add_embedding.linear_2.weight", "label_emb.0.2.weight"},
+    {"add_embedding.linear_2.bias", "label_emb.0.2.bias"},
 };
 
 static const name_pair resnet_inner[] = {
@@ -147,9 +154,66 @@ static int vae_map(const vae_config *v, const char *name, char *out, size_t len)
     return 0;
 }
 
+/* transformers' CLIPTextModel -> OpenCLIP (open_clip's text tower, as SD2
+ * checkpoints store it under cond_stage_model.model., SDXL's second encoder
+ * under conditioner.embedders.1.model.) */
+static const name_pair openclip_fixed[] = {
+    {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+    {"text_model.embeddings.position_embedding.weight", "positional_embedding"},
+    {"text_model.final_layer_norm.weight", "ln_final.weight"},
+    {"text_model.final_layer_norm.bias", "ln_final.bias"},
+};
+static const name_pair openclip_layer[] = {
+    {"layer_norm1.", "ln_1."},
+    {"layer_norm2.", "ln_2."},
+    {"mlp.fc1.", "mlp.c_fc."},
+    {"mlp.fc2.", "mlp.c_proj."},
+    {"self_attn.out_proj.", "attn.out_proj."},
+};
+
+static int openclip_map(const char *pre, const char *name, char *out, size_t len, int *part) {
+    const char *fx = lookup(openclip_fixed, NELEM(openclip_fixed), name);
+    if (fx) return snprintf(out, len, "%s%s", pre, fx) < (int)len;
+    if (!strcmp(name, "text_projection.weight")) { /* OpenCLIP applies it as x @ P */
+        *part = LDM_PART_T;
+        return snprintf(out, len, "%stext_projection", pre) < (int)len;
+    }
+    int l = 0, n = 0;
+    char inner[128];
+    if (sscanf(name, "text_model.encoder.layers.%d.%n", &l, &n) != 1 || !n) return 0;
+    const char *rest = name + n;
+    static const char *qkv[] = {"self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj."};
+    for (int k = 0; k < 3; k++)
+        if (!strncmp(rest, qkv[k], strlen(qkv[k]))) {
+            *part = k;
+            return snprintf(out, len, "%stransformer.resblocks.%d.attn.in_proj_%s", pre, l,
+                            rest + strlen(qkv[k])) < (int)len;
+        }
+    if (!rename_prefix(openclip_layer, NELEM(openclip_layer), rest, inner, sizeof inner)) return 0;
+    return snprintf(out, len, "%stransformer.resblocks.%d.%s", pre, l, inner) < (int)len;
+}
+
 easel_err ldm_name(const sd_arch *a, sd_component c, const char *name, char *out, size_t len) {
-    int ok = 0;
-    if (c == SD_UNET)
+    int part = -1;
+    easel_err e = ldm_name_part(a, c, name, out, len, &part);
+    if (!e && part >= 0) /* a fused or transposed tensor has no name of its own */
+        return easel_seterr(EASEL_ENOTFOUND, "%s: '%s' is %s %s", sd_component_name(c), name,
+                            part == LDM_PART_T ? "the transpose of" : "a third of", out);
+    return e;
+}
+
+easel_err ldm_name_part(const sd_arch *a, sd_component c, const char *name, char *out, size_t len,
+                        int *part) {
+    int ok = 0, dummy;
+    if (!part) part = &dummy;
+    *part = -1;
+    if (c == SD_TEXT && a->text_openclip)
+        ok = openclip_map("cond_stage_model.model.", name, out, len, part);
+    else if (c == SD_TEXT2)
+        ok = a->has_text2 && openclip_map("conditioner.embedders.1.model.", name, out, len, part);
+    else if (c == SD_TEXT && a->has_text2)
+        ok = snprintf(out, len, "conditioner.embedders.0.transformer.%s", name) < (int)len;
+    else if (c == SD_UNET)
         ok = unet_map(&a->unet, name, out, len);
     else if (c == SD_VAE)
         ok = vae_map(&a->vae, name, out, len);

@@ -15,9 +15,11 @@
 
 #include <cjson/cJSON.h>
 
-#include "../engine/cli.h"
+#include "../engine/fsutil.h"
+
 #include "../engine/safetensors.h"
 #include "loader.h"
+#include "taesd.h"
 #include "tokenizer.h"
 
 /* ---- recording ---- */
@@ -112,13 +114,15 @@ easel_err sd_record_weights(const sd_arch *a, sd_wrecs rec[SD_COMPONENTS]) {
         ws[c] = (wstore){.be = &be, .get = rec_get, .has = rec_has, .ctx = &rec[c]};
     unet_model *u = NULL;
     vae_model *v = NULL;
-    clip_model *t = NULL;
+    clip_model *t = NULL, *t2 = NULL;
     easel_err e = unet_load(&a->unet, &ws[SD_UNET], &u);
     if (!e) e = vae_load(&a->vae, &ws[SD_VAE], &v);
     if (!e) e = clip_load(&a->clip, &ws[SD_TEXT], &t);
+    if (!e && a->has_text2) e = clip_load(&a->clip2, &ws[SD_TEXT2], &t2);
     unet_free(u);
     vae_free(v);
     clip_free(t);
+    clip_free(t2);
     if (e)
         for (int c = 0; c < SD_COMPONENTS; c++)
             sd_wrecs_free(&rec[c]);
@@ -175,7 +179,9 @@ typedef struct {
     const char *name;   /* stored name */
     const char *source; /* name the weights are generated from (diffusers) */
     int ndim;
-    int64_t shape[4];
+    int64_t shape[4]; /* as stored */
+    int transpose;    /* stored as the transpose of the 2-D diffusers tensor [shape[1], shape[0]] */
+    const char *thirds[3]; /* OpenCLIP's fused in_proj: q, k, v (shape[0]/3 rows each) */
 } out_tensor;
 
 static int64_t nelem(const out_tensor *t) {
@@ -212,7 +218,22 @@ static char *st_header(const out_tensor *t, size_t n, dtype dt, const char *cons
 static easel_err write_data(FILE *f, const out_tensor *t, dtype dt, uint64_t seed, float *buf,
                             uint16_t *half) {
     int64_t n = nelem(t);
-    sd_random_weight(t->source, t->ndim, t->shape, seed, buf);
+    if (t->thirds[0]) { /* q, k, v stacked on rows */
+        int64_t part[4];
+        memcpy(part, t->shape, sizeof part);
+        part[0] /= 3;
+        for (int k = 0; k < 3; k++)
+            sd_random_weight(t->thirds[k], t->ndim, part, seed, buf + k * (n / 3));
+    } else if (t->transpose) { /* ours [R, C] is generated in buf's upper half, stored [C, R] */
+        int64_t R = t->shape[1], C = t->shape[0], ours[2] = {R, C};
+        float *src = buf + n;
+        sd_random_weight(t->source, 2, ours, seed, src);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t c = 0; c < C; c++)
+                buf[c * R + r] = src[r * C + c];
+    } else {
+        sd_random_weight(t->source, t->ndim, t->shape, seed, buf);
+    }
     size_t w;
     if (dt == DT_F32) {
         w = fwrite(buf, 4, (size_t)n, f);
@@ -224,23 +245,26 @@ static easel_err write_data(FILE *f, const out_tensor *t, dtype dt, uint64_t see
     return w == (size_t)n ? EASEL_OK : easel_seterr(EASEL_EIO, "write failed: %s", strerror(errno));
 }
 
-/* Writes tensors t[0..n) to path (via path.tmp, fsynced, renamed). */
+/* Writes tensors t[0..n) to path atomically (engine/fsutil.h), through a
+ * stdio stream on a duplicate of the temp file's descriptor. */
 static easel_err stream_safetensors(const char *path, const out_tensor *t, size_t n, dtype dt,
                                     uint64_t seed, const char *const *meta, size_t nmeta) {
     int64_t biggest = 1;
     for (size_t i = 0; i < n; i++)
         biggest = nelem(&t[i]) > biggest ? nelem(&t[i]) : biggest;
     char *hdr = st_header(t, n, dt, meta, nmeta);
-    float *buf = malloc(sizeof(float) * (size_t)biggest);
+    float *buf = malloc(sizeof(float) * 2 * (size_t)biggest); /* 2x: room for a transpose */
     uint16_t *half = malloc(sizeof(uint16_t) * (size_t)biggest);
-    char tmp[4096];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
-    FILE *f = hdr && buf && half ? fopen(tmp, "wb") : NULL;
-    easel_err e = EASEL_OK;
-    if (!hdr || !buf || !half)
-        e = easel_seterr(EASEL_ENOMEM, "out of memory");
-    else if (!f)
-        e = easel_seterr(EASEL_EIO, "%s: %s", tmp, strerror(errno));
+    fs_atomic a;
+    easel_err e = !hdr || !buf || !half ? easel_seterr(EASEL_ENOMEM, "out of memory")
+                                        : fs_atomic_open(&a, path);
+    int opened = !e;
+    int dupfd = opened ? dup(a.fd) : -1;
+    FILE *f = dupfd >= 0 ? fdopen(dupfd, "wb") : NULL;
+    if (opened && !f) {
+        if (dupfd >= 0) close(dupfd);
+        e = easel_seterr(EASEL_EIO, "%s: %s", path, strerror(errno));
+    }
     if (!e) {
         size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
         uint64_t len = padded;
@@ -249,15 +273,17 @@ static easel_err stream_safetensors(const char *path, const out_tensor *t, size_
             le[i] = (unsigned char)(len >> (8 * i));
         if (fwrite(le, 1, 8, f) != 8 || fwrite(hdr, 1, hl, f) != hl ||
             fwrite("        ", 1, padded - hl, f) != padded - hl)
-            e = easel_seterr(EASEL_EIO, "%s: write failed", tmp);
+            e = easel_seterr(EASEL_EIO, "%s: write failed", path);
         for (size_t i = 0; i < n && !e; i++)
             e = write_data(f, &t[i], dt, seed, buf, half);
-        if (!e && (fflush(f) || fsync(fileno(f))))
-            e = easel_seterr(EASEL_EIO, "%s: %s", tmp, strerror(errno));
     }
-    if (f && fclose(f) && !e) e = easel_seterr(EASEL_EIO, "%s: %s", tmp, strerror(errno));
-    if (!e && rename(tmp, path)) e = easel_seterr(EASEL_EIO, "%s: %s", path, strerror(errno));
-    if (e && f) unlink(tmp);
+    if (f && fclose(f) && !e) e = easel_seterr(EASEL_EIO, "%s: %s", path, strerror(errno));
+    if (opened) {
+        if (e)
+            fs_atomic_abort(&a);
+        else
+            e = fs_atomic_commit(&a);
+    }
     free(hdr), free(buf), free(half);
     return e;
 }
@@ -265,18 +291,11 @@ static easel_err stream_safetensors(const char *path, const out_tensor *t, size_
 /* ---- layouts ---- */
 
 static easel_err write_text(const char *path, const char *text) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return easel_seterr(EASEL_EIO, "%s: %s", path, strerror(errno));
-    size_t n = strlen(text);
-    int bad = fwrite(text, 1, n, f) != n;
-    bad |= fclose(f) != 0;
-    return bad ? easel_seterr(EASEL_EIO, "%s: write failed", path) : EASEL_OK;
+    return fs_write_file(path, text, strlen(text));
 }
 
 static easel_err make_dir(const char *path) {
-    if (mkdir(path, 0755) && errno != EEXIST)
-        return easel_seterr(EASEL_EIO, "mkdir %s: %s", path, strerror(errno));
-    return EASEL_OK;
+    return fs_mkdir_p(path); /* --out a/b/c makes a and a/b too */
 }
 
 static easel_err write_component(const char *dir, const sd_arch *a, sd_component c,
@@ -291,10 +310,10 @@ static easel_err write_component(const char *dir, const sd_arch *a, sd_component
         t[i] = (out_tensor){.name = r->v[i].name, .source = r->v[i].name, .ndim = r->v[i].ndim};
         memcpy(t[i].shape, r->v[i].shape, sizeof t[i].shape);
     }
-    const char *meta[] = {"format", "pt"};
+    const char *meta[] = {"format", "pt", "easel_random_weights", "true"};
     snprintf(p, sizeof p, "%s/%s/%s.safetensors", dir, sd_component_name(c),
-             c == SD_TEXT ? "model" : "diffusion_pytorch_model");
-    e = stream_safetensors(p, t, r->n, dt, seed, meta, 1);
+             c == SD_TEXT || c == SD_TEXT2 ? "model" : "diffusion_pytorch_model");
+    e = stream_safetensors(p, t, r->n, dt, seed, meta, 2);
     free(t);
     char *json = e ? NULL : sd_config_json(a, c);
     if (!e && !json) e = easel_seterr(EASEL_ENOMEM, "out of memory");
@@ -304,29 +323,111 @@ static easel_err write_component(const char *dir, const sd_arch *a, sd_component
     return e;
 }
 
-static const char *model_index_fmt =
-    "{\n  \"_class_name\": \"StableDiffusionPipeline\",\n  \"_easel_arch\": \"%s\",\n"
-    "  \"scheduler\": [\"diffusers\", \"PNDMScheduler\"],\n"
-    "  \"text_encoder\": [\"transformers\", \"CLIPTextModel\"],\n"
-    "  \"tokenizer\": [\"transformers\", \"CLIPTokenizer\"],\n"
-    "  \"unet\": [\"diffusers\", \"UNet2DConditionModel\"],\n"
-    "  \"vae\": [\"diffusers\", \"AutoencoderKL\"],\n"
-    "  \"safety_checker\": [null, null],\n  \"feature_extractor\": [null, null],\n"
-    "  \"requires_safety_checker\": false\n}\n";
+/* taesd/: a random AutoencoderTiny for the model's latents (the released
+ * TAESD's shape; 16 channels for the tiny archs, so their previews stay cheap),
+ * so that previews and fast decode work on a made model. */
+void sd_taesd_config_for(const sd_arch *a, taesd_config *c) {
+    taesd_config_default(c);
+    c->latent_channels = a->vae.latent_channels;
+    int L = a->vae.levels < 1                  ? 1
+            : a->vae.levels > TAESD_MAX_LEVELS ? TAESD_MAX_LEVELS
+                                               : a->vae.levels;
+    c->enc_levels = c->dec_levels = L;
+    for (int i = 0; i < L; i++)
+        c->enc_blocks[i] = i ? 3 : 1, c->dec_blocks[i] = i < L - 1 ? 3 : 1;
+    if (!strncmp(a->arch, "tiny", 4)) c->enc_channels = c->dec_channels = 16;
+}
 
-/* runwayml/stable-diffusion-v1-5's scheduler config (no timestep_spacing key:
- * the schedulers' defaults apply, as models/sampler.c implements them). */
-static const char *scheduler_json =
-    "{\n  \"_class_name\": \"PNDMScheduler\",\n  \"beta_end\": 0.012,\n"
-    "  \"beta_schedule\": \"scaled_linear\",\n  \"beta_start\": 0.00085,\n"
-    "  \"num_train_timesteps\": 1000,\n  \"set_alpha_to_one\": false,\n"
-    "  \"skip_prk_steps\": true,\n  \"steps_offset\": 1,\n  \"trained_betas\": null,\n"
-    "  \"clip_sample\": false\n}\n";
+static easel_err write_taesd(const char *dir, const sd_arch *a, dtype dt, uint64_t seed) {
+    backend be = {.name = "record",
+                  .dev = DEV_CPU,
+                  .act_dtype = DT_F32,
+                  .destroy = rec_destroy,
+                  .alloc = rec_alloc,
+                  .free = rec_free,
+                  .upload = rec_upload};
+    sd_wrecs rec = {0};
+    wstore ws = {.be = &be, .get = rec_get, .has = rec_has, .ctx = &rec};
+    taesd_config c;
+    sd_taesd_config_for(a, &c);
+    taesd_model *m = NULL;
+    easel_err e = taesd_load_ws(&c, &ws, &ws, &m);
+    taesd_free(m);
+    char p[4096];
+    snprintf(p, sizeof p, "%s/taesd", dir);
+    if (!e) e = make_dir(p);
+    out_tensor *t = e ? NULL : calloc(rec.n ? rec.n : 1, sizeof *t);
+    if (!e && !t) e = easel_seterr(EASEL_ENOMEM, "out of memory");
+    for (size_t i = 0; !e && i < rec.n; i++) {
+        t[i] = (out_tensor){.name = rec.v[i].name, .source = rec.v[i].name, .ndim = rec.v[i].ndim};
+        memcpy(t[i].shape, rec.v[i].shape, sizeof t[i].shape);
+    }
+    const char *meta[] = {"format", "pt"};
+    snprintf(p, sizeof p, "%s/taesd/diffusion_pytorch_model.safetensors", dir);
+    if (!e) e = stream_safetensors(p, t, rec.n, dt, seed, meta, 1);
+    free(t);
+    sd_wrecs_free(&rec);
+    char *json = e ? NULL : taesd_config_json(&c);
+    if (!e && !json) e = easel_seterr(EASEL_ENOMEM, "out of memory");
+    snprintf(p, sizeof p, "%s/taesd/config.json", dir);
+    if (!e) e = write_text(p, json);
+    free(json);
+    return e ? easel_wraperr(e, "writing taesd/") : EASEL_OK;
+}
 
-static const char *tokenizer_config_json =
+/* model_index.json: the pipeline class and each component's class, as
+ * from_pretrained reads them (the scheduler's is the config's own class). */
+static char *model_index_json(const sd_arch *a) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+#define COMP(key, lib, cls)                                                                        \
+    do {                                                                                           \
+        const char *v_[2] = {lib, cls};                                                            \
+        cJSON_AddItemToObject(o, key, cJSON_CreateStringArray(v_, 2));                             \
+    } while (0)
+    int inpaint = a->unet.in_channels == 2 * a->vae.latent_channels + 1;
+    cJSON_AddStringToObject(o, "_class_name",
+                            a->has_text2 ? "StableDiffusionXLPipeline"
+                            : inpaint    ? "StableDiffusionInpaintPipeline"
+                                         : "StableDiffusionPipeline");
+    /* the diffusers version whose folder layout this is (from_pretrained reads it: its
+     * inpainting pipeline's legacy check fails on a folder without one) */
+    cJSON_AddStringToObject(o, "_diffusers_version", "0.30.0");
+    cJSON_AddStringToObject(o, "_easel_arch", a->arch);
+    COMP("scheduler", "diffusers", a->sched.class_name[0] ? a->sched.class_name : "PNDMScheduler");
+    COMP("text_encoder", "transformers", "CLIPTextModel");
+    COMP("tokenizer", "transformers", "CLIPTokenizer");
+    if (a->has_text2) {
+        COMP("text_encoder_2", "transformers",
+             a->clip2.projection ? "CLIPTextModelWithProjection" : "CLIPTextModel");
+        COMP("tokenizer_2", "transformers", "CLIPTokenizer");
+    }
+    COMP("unet", "diffusers", "UNet2DConditionModel");
+    COMP("vae", "diffusers", "AutoencoderKL");
+#undef COMP
+    cJSON *none[2] = {cJSON_CreateArray(), cJSON_CreateArray()};
+    for (int i = 0; i < 2; i++) {
+        cJSON_AddItemToArray(none[i], cJSON_CreateNull());
+        cJSON_AddItemToArray(none[i], cJSON_CreateNull());
+    }
+    cJSON_AddItemToObject(o, "feature_extractor", none[0]);
+    if (a->has_text2) {
+        cJSON_AddItemToObject(o, "image_encoder", none[1]);
+        cJSON_AddBoolToObject(o, "force_zeros_for_empty_prompt", a->force_zeros);
+    } else {
+        cJSON_AddItemToObject(o, "safety_checker", none[1]);
+        cJSON_AddBoolToObject(o, "requires_safety_checker", 0);
+    }
+    char *text = cJSON_Print(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+/* pad: "<|endoftext|>" (OpenAI CLIP, SD1.x) or "!" (OpenCLIP, SD2.x) */
+static const char *tokenizer_config_fmt =
     "{\n  \"tokenizer_class\": \"CLIPTokenizer\",\n  \"model_max_length\": 77,\n"
     "  \"bos_token\": \"<|startoftext|>\",\n  \"eos_token\": \"<|endoftext|>\",\n"
-    "  \"pad_token\": \"<|endoftext|>\",\n  \"unk_token\": \"<|endoftext|>\",\n"
+    "  \"pad_token\": \"%s\",\n  \"unk_token\": \"<|endoftext|>\",\n"
     "  \"do_lower_case\": true\n}\n";
 
 /* vocab.json ({token: id}) of the built-in tokenizer. */
@@ -345,46 +446,58 @@ static char *vocab_json(void) {
     return s;
 }
 
-/* tokenizer/: vocab.json + merges.txt (with the "#version" line transformers
- * skips) + tokenizer_config.json, as in SD1.5's diffusers folder. */
-static easel_err write_tokenizer(const char *dir) {
+/* <sub>/ (tokenizer, tokenizer_2): vocab.json + merges.txt (with the
+ * "#version" line transformers skips) + tokenizer_config.json, as in SD1.5's
+ * and SDXL's diffusers folders. */
+static easel_err write_tokenizer(const char *dir, const char *sub, const char *pad) {
     char p[4096];
-    snprintf(p, sizeof p, "%s/tokenizer", dir);
+    snprintf(p, sizeof p, "%s/%s", dir, sub);
     easel_err e = make_dir(p);
     char *vocab = e ? NULL : vocab_json();
     if (!e && !vocab) e = easel_seterr(EASEL_ENOMEM, "building vocab.json failed");
-    snprintf(p, sizeof p, "%s/tokenizer/vocab.json", dir);
+    snprintf(p, sizeof p, "%s/%s/vocab.json", dir, sub);
     if (!e) e = write_text(p, vocab);
     free(vocab);
-    snprintf(p, sizeof p, "%s/tokenizer/merges.txt", dir);
-    FILE *f = e ? NULL : fopen(p, "wb");
-    if (!e && !f) e = easel_seterr(EASEL_EIO, "%s: %s", p, strerror(errno));
-    if (f) {
+    snprintf(p, sizeof p, "%s/%s/merges.txt", dir, sub);
+    fs_atomic a;
+    if (!e && !(e = fs_atomic_open(&a, p))) {
         size_t n = 0;
-        const char *merges = tokenizer_default_merges(&n);
-        int bad = fputs("#version: 0.2\n", f) < 0 || fwrite(merges, 1, n, f) != n;
-        bad |= fclose(f) != 0;
-        if (bad) e = easel_seterr(EASEL_EIO, "%s: write failed", p);
+        const char *merges = tokenizer_default_merges(&n), head[] = "#version: 0.2\n";
+        e = fs_atomic_write(&a, head, sizeof head - 1);
+        if (!e) e = fs_atomic_write(&a, merges, n);
+        if (e)
+            fs_atomic_abort(&a);
+        else
+            e = fs_atomic_commit(&a);
     }
-    snprintf(p, sizeof p, "%s/tokenizer/tokenizer_config.json", dir);
-    if (!e) e = write_text(p, tokenizer_config_json);
+    snprintf(p, sizeof p, "%s/%s/tokenizer_config.json", dir, sub);
+    char cfg[512];
+    snprintf(cfg, sizeof cfg, tokenizer_config_fmt, pad);
+    if (!e) e = write_text(p, cfg);
     return e;
 }
 
 static easel_err write_folder(const char *dir, const sd_arch *a, const sd_wrecs *rec, dtype dt,
                               uint64_t seed) {
-    char p[4096], idx[1024];
+    char p[4096];
     easel_err e = make_dir(dir);
     for (int c = 0; c < SD_COMPONENTS && !e; c++)
-        e = write_component(dir, a, c, &rec[c], dt, seed);
-    if (!e) e = write_tokenizer(dir);
+        if (c != SD_TEXT2 || a->has_text2) e = write_component(dir, a, c, &rec[c], dt, seed);
+    if (!e) e = write_tokenizer(dir, "tokenizer", a->clip.quick_gelu ? "<|endoftext|>" : "!");
+    if (!e && a->has_text2) e = write_tokenizer(dir, "tokenizer_2", "!"); /* OpenCLIP's */
+    if (!e) e = write_taesd(dir, a, dt, seed);
     snprintf(p, sizeof p, "%s/scheduler", dir);
     if (!e) e = make_dir(p);
     snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", dir);
-    if (!e) e = write_text(p, scheduler_json);
-    snprintf(idx, sizeof idx, model_index_fmt, a->arch);
+    char *sched = e ? NULL : sched_config_to_json(&a->sched);
+    if (!e && !sched) e = easel_seterr(EASEL_ENOMEM, "out of memory");
+    if (!e) e = write_text(p, sched);
+    free(sched);
+    char *idx = e ? NULL : model_index_json(a);
+    if (!e && !idx) e = easel_seterr(EASEL_ENOMEM, "out of memory");
     snprintf(p, sizeof p, "%s/model_index.json", dir);
     if (!e) e = write_text(p, idx);
+    free(idx);
     return e;
 }
 
@@ -396,22 +509,42 @@ static easel_err write_single(const char *path, const sd_arch *a, const sd_wrecs
         n += rec[c].n;
     out_tensor *t = calloc(n ? n : 1, sizeof *t);
     char *names = calloc(n ? n : 1, 256);
-    char *cfg[SD_COMPONENTS] = {0};
-    easel_err e = t && names ? EASEL_OK : easel_seterr(EASEL_ENOMEM, "out of memory");
+    char *cfg[SD_COMPONENTS] = {0}, *sched = sched_config_to_json(&a->sched);
+    easel_err e = t && names && sched ? EASEL_OK : easel_seterr(EASEL_ENOMEM, "out of memory");
     size_t k = 0;
     for (int c = 0; c < SD_COMPONENTS && !e; c++) {
-        for (size_t i = 0; i < rec[c].n && !e; i++, k++) {
+        for (size_t i = 0; i < rec[c].n && !e; i++) {
             const sd_wrec *w = &rec[c].v[i];
             char *nm = names + 256 * k;
-            if ((e = ldm_name(a, c, w->name, nm, 256))) break;
+            int part = -1;
+            if ((e = ldm_name_part(a, c, w->name, nm, 256, &part))) break;
+            if (part == 1 || part == 2) { /* k or v: joins the in_proj its q started */
+                size_t f = k;
+                while (f > 0 && k - f < 8 && strcmp(t[f - 1].name, nm))
+                    f--;
+                if (f == 0 || strcmp(t[f - 1].name, nm)) {
+                    e = easel_seterr(EASEL_EINTERNAL, "'%s' before its q", w->name);
+                    break;
+                }
+                t[f - 1].thirds[part] = w->name;
+                continue;
+            }
             t[k] = (out_tensor){.name = nm, .source = w->name, .ndim = w->ndim};
             memcpy(t[k].shape, w->shape, sizeof t[k].shape);
+            if (part == 0) t[k].thirds[0] = w->name, t[k].shape[0] *= 3;
+            if (part == LDM_PART_T)
+                t[k].transpose = 1, t[k].shape[0] = w->shape[1], t[k].shape[1] = w->shape[0];
             /* LDM's VAE attention projections are 1x1 convolutions */
             if (c == SD_VAE && w->ndim == 2 && strstr(nm, ".attn_1."))
                 t[k].ndim = 4, t[k].shape[2] = t[k].shape[3] = 1;
+            k++;
         }
-        if (!e && !(cfg[c] = sd_config_json(a, c))) e = easel_seterr(EASEL_ENOMEM, "out of memory");
+        if (!e && (c != SD_TEXT2 || a->has_text2) && !(cfg[c] = sd_config_json(a, c)))
+            e = easel_seterr(EASEL_ENOMEM, "out of memory");
     }
+    for (size_t i = 0; i < k && !e; i++)
+        if (t[i].thirds[0] && (!t[i].thirds[1] || !t[i].thirds[2]))
+            e = easel_seterr(EASEL_EINTERNAL, "'%s': q without k, v", t[i].name);
     const char *meta[] = {"format",
                           "pt",
                           "easel_arch",
@@ -421,8 +554,15 @@ static easel_err write_single(const char *path, const sd_arch *a, const sd_wrecs
                           "easel_vae_config",
                           cfg[1] ? cfg[1] : "",
                           "easel_text_encoder_config",
-                          cfg[2] ? cfg[2] : ""};
-    if (!e) e = stream_safetensors(path, t, n, dt, seed, meta, 5);
+                          cfg[2] ? cfg[2] : "",
+                          "easel_scheduler_config",
+                          sched ? sched : "",
+                          "easel_random_weights",
+                          "true",
+                          "easel_text_encoder_2_config",
+                          cfg[3] ? cfg[3] : ""};
+    if (!e) e = stream_safetensors(path, t, k, dt, seed, meta, a->has_text2 ? 8 : 7);
+    free(sched);
     for (int c = 0; c < SD_COMPONENTS; c++)
         free(cfg[c]);
     free(t), free(names);
@@ -440,62 +580,19 @@ easel_err sd_make_model(const sd_arch *a, dtype dt, uint64_t seed, const char *o
     sd_wrecs rec[SD_COMPONENTS];
     easel_err e = sd_record_weights(a, rec);
     if (e) return easel_wraperr(e, "recording the %s weights", a->arch);
-    e = ends_with_st(out) ? write_single(out, a, rec, dt, seed)
-                          : write_folder(out, a, rec, dt, seed);
+    if (ends_with_st(out)) { /* its folder too, as for a diffusers folder */
+        const char *slash = strrchr(out, '/');
+        char dir[4096];
+        if (slash && slash > out && (size_t)(slash - out) < sizeof dir) {
+            memcpy(dir, out, (size_t)(slash - out));
+            dir[slash - out] = 0;
+            e = fs_mkdir_p(dir);
+        }
+    }
+    if (!e)
+        e = ends_with_st(out) ? write_single(out, a, rec, dt, seed)
+                              : write_folder(out, a, rec, dt, seed);
     for (int c = 0; c < SD_COMPONENTS; c++)
         sd_wrecs_free(&rec[c]);
     return e;
-}
-
-/* ---- the command ---- */
-
-static void make_usage(FILE *f) {
-    fprintf(f, "usage: easel make-model --arch tiny|sd15 [--dtype f16|f32] [--seed N] --out PATH\n"
-               "  PATH ending in .safetensors: one single-file checkpoint (LDM names);\n"
-               "  otherwise a diffusers folder (unet/, vae/, text_encoder/, tokenizer/, ...).\n"
-               "  The weights are random: the images are noise, the speed is real.\n");
-}
-
-int cmd_make_model(int argc, char **argv) {
-    const char *arch = NULL, *out = NULL, *dts = "f16";
-    uint64_t seed = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return make_usage(stdout), 0;
-        int known = !strcmp(a, "--arch") || !strcmp(a, "--out") || !strcmp(a, "--dtype") ||
-                    !strcmp(a, "--seed");
-        if (!known || !v) {
-            fprintf(stderr, "easel make-model: %s '%s'\n",
-                    known ? "missing value for" : "unknown option", a);
-            make_usage(stderr);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--arch"))
-            arch = v;
-        else if (!strcmp(a, "--out"))
-            out = v;
-        else if (!strcmp(a, "--dtype"))
-            dts = v;
-        else
-            seed = strtoull(v, NULL, 10);
-    }
-    if (!arch || !out) {
-        fprintf(stderr, "easel make-model: --arch and --out are required\n");
-        make_usage(stderr);
-        return 2;
-    }
-    sd_arch a;
-    if (sd_arch_by_name(arch, &a))
-        return fprintf(stderr, "easel make-model: %s\n", easel_errmsg()), 2;
-    dtype dt = !strcmp(dts, "f32") ? DT_F32 : DT_F16;
-    if (strcmp(dts, "f32") && strcmp(dts, "f16"))
-        return fprintf(stderr, "easel make-model: --dtype must be f16 or f32, not '%s'\n", dts), 2;
-    easel_err e = sd_make_model(&a, dt, seed, out);
-    if (e) {
-        fprintf(stderr, "easel make-model: %s\n", easel_errmsg());
-        return e == EASEL_EINVAL ? 2 : 1;
-    }
-    fprintf(stderr, "wrote %s model (%s) to %s\n", a.arch, dts, out);
-    return 0;
 }

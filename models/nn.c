@@ -103,7 +103,7 @@ easel_err nn_get(nn_params *p, tensor *out, weight_layout layout, int ndim, cons
     }
     err = p->ws->get(p->ws, full, ndim, shape, layout, out);
     if (err) return err;
-    p->ptrs[p->n++] = out->data;
+    if (!p->ws->borrowed) p->ptrs[p->n++] = out->data; /* borrowed: its owner frees it */
     return EASEL_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/fsutil.h"
 #include "data/unicode_tables.h"
 
 /* The merges of OpenAI's bpe_simple_vocab_16e6.txt (lines 2..48895), linked
@@ -289,21 +290,8 @@ easel_err tokenizer_create_default(tokenizer **out) {
 /* ---------- loading a tokenizer folder ---------- */
 
 static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (buf = malloc((size_t)n + 1))) {
-        if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        } else {
-            buf[n] = 0;
-            *len = (size_t)n;
-        }
-    }
-    fclose(f);
-    return buf;
+    uint8_t *buf = NULL;
+    return fs_read_file(path, SIZE_MAX, &buf, len) ? NULL : (char *)buf;
 }
 
 static easel_err load_vocab_json(const char *path, tokenizer **out, int n_merges_hint) {
@@ -399,6 +387,13 @@ int32_t tokenizer_eos(const tokenizer *t) {
 }
 int32_t tokenizer_pad(const tokenizer *t) {
     return t->pad;
+}
+
+easel_err tokenizer_set_pad(tokenizer *t, int32_t id) {
+    if (id < 0 || id >= tokenizer_vocab_size(t))
+        return easel_seterr(EASEL_EINVAL, "tokenizer: pad id %d outside the vocabulary", id);
+    t->pad = id;
+    return EASEL_OK;
 }
 
 const char *tokenizer_token(const tokenizer *t, int32_t id) {

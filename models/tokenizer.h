@@ -42,6 +42,9 @@ const char *tokenizer_token(const tokenizer *t, int32_t id);
 int32_t tokenizer_bos(const tokenizer *t);
 int32_t tokenizer_eos(const tokenizer *t);
 int32_t tokenizer_pad(const tokenizer *t);
+/* Sets the pad id before the tokenizer is shared (SD2 single files pad with
+ * OpenCLIP's "!", id 0). EINVAL outside the vocabulary. */
+easel_err tokenizer_set_pad(tokenizer *t, int32_t id);
 /* The built-in BPE merges as merges.txt lines (no "#version" line), for
  * writing a diffusers tokenizer/ folder. Not NUL-terminated: *len bytes. */
 const char *tokenizer_default_merges(size_t *len);

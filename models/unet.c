@@ -1,10 +1,11 @@
-/* UNet2DConditionModel (SD1.x/2.x): sinusoidal time embedding -> MLP,
- * conv_in, down blocks (ResNets [+ transformers], downsample), mid block,
- * up blocks (ResNets over cat([h, skip]) [+ transformers], upsample to the
+/* UNet2DConditionModel (SD1.x/2.x, SDXL): sinusoidal time embedding -> MLP
+ * (+ SDXL's added text_time embedding), conv_in, down blocks (ResNets [+ transformers],
+ * downsample), mid block, up blocks (ResNets over cat([h, skip]) [+ transformers], upsample to the
  * skip's size), GroupNorm + SiLU + conv_out. Follows diffusers' module names. */
 #include "unet.h"
 
 #include <cjson/cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,8 @@ struct unet_model {
     backend *be;
     nn_params params;
     int temb_dim;
-    nn_linear time1, time2;
+    nn_linear time1, time2, cond_proj; /* cond_proj: time_cond_proj_dim models only */
+    nn_linear add1, add2;              /* add_embedding: text_time models only */
     nn_conv conv_in, conv_out;
     nn_norm norm_out;
     unet_block down[UNET_MAX_LEVELS], up[UNET_MAX_LEVELS];
@@ -47,11 +49,10 @@ void unet_config_sd15(unet_config *c) {
                        .up_attn = {0, 1, 1, 1},
                        .layers_per_block = 2,
                        .head_dim_or_heads = {8, 8, 8, 8},
-                       .heads_are_dims = 0,
                        .cross_attention_dim = 768,
                        .norm_num_groups = 32,
                        .norm_eps = 1e-5f,
-                       .transformer_layers = 1,
+                       .transformer_layers = {1, 1, 1, 1},
                        .use_linear_projection = 0,
                        .flip_sin_to_cos = 1,
                        .freq_shift = 0,
@@ -60,9 +61,10 @@ void unet_config_sd15(unet_config *c) {
 
 static easel_err check_config(const unet_config *c);
 
+/* diffusers reads attention_head_dim as the number of heads (its config
+ * naming predates num_attention_heads; SD2's [5,10,20,20] are head counts). */
 static int heads_at(const unet_config *c, int level) {
-    int v = c->head_dim_or_heads[level], ch = c->block_out_channels[level];
-    return c->heads_are_dims ? (v > 0 ? ch / v : 0) : v;
+    return c->head_dim_or_heads[level];
 }
 
 /* ---- config.json ---- */
@@ -89,9 +91,7 @@ static int block_types(const cJSON *root, const char *key, const char *attn, con
 /* Keys whose non-default values change the architecture in ways we do not
  * implement: refused by name. */
 static const char *const unet_unsupported[] = {"class_embed_type",
-                                               "addition_embed_type",
                                                "num_class_embeds",
-                                               "time_cond_proj_dim",
                                                "encoder_hid_dim",
                                                "encoder_hid_dim_type",
                                                "only_cross_attention",
@@ -112,6 +112,12 @@ static easel_err unet_refuse(const cJSON *root) {
         if (nn_json_set(root, unet_unsupported[i]))
             return easel_seterr(EASEL_EUNSUPPORTED, "unet config: %s is not supported",
                                 unet_unsupported[i]);
+    const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "addition_embed_type");
+    if (add && !cJSON_IsNull(add) &&
+        (!cJSON_IsString(add) || strcmp(add->valuestring, "text_time")))
+        return easel_seterr(
+            EASEL_EUNSUPPORTED,
+            "unet config: addition_embed_type must be \"text_time\" (SDXL) or null");
     static const struct {
         const char *key, *want;
     } str[] = {{"act_fn", "silu"},
@@ -159,12 +165,12 @@ static easel_err unet_parse(unet_config *t, const cJSON *root) {
                             t->levels, nd, nu);
     int tl[UNET_MAX_LEVELS] = {0},
         ntl = nn_json_ints(root, "transformer_layers_per_block", tl, UNET_MAX_LEVELS);
-    for (int i = 1; i < ntl; i++)
-        if (tl[i] != tl[0]) ntl = -1;
-    if (ntl < 0)
-        return easel_seterr(EASEL_EUNSUPPORTED, "unet config: transformer_layers_per_"
-                                                "block must be the same at every level");
-    if (ntl > 0) t->transformer_layers = tl[0];
+    if (ntl < 0 || (ntl > 0 && ntl != UNET_MAX_LEVELS && ntl != t->levels))
+        return easel_seterr(EASEL_EUNSUPPORTED, "unet config: transformer_layers_per_block must be "
+                                                "a number or one number per level");
+    if (ntl > 0) memcpy(t->transformer_layers, tl, sizeof tl);
+    const cJSON *add = cJSON_GetObjectItemCaseSensitive(root, "addition_embed_type");
+    t->add_text_time = cJSON_IsString(add) && !strcmp(add->valuestring, "text_time");
     int nh = nn_json_ints(root, "attention_head_dim", t->head_dim_or_heads, UNET_MAX_LEVELS);
     if (nh < 0 || (nh > 0 && nh != UNET_MAX_LEVELS && nh != t->levels))
         return easel_seterr(EASEL_EUNSUPPORTED, "unet config: attention_head_dim");
@@ -177,11 +183,15 @@ static easel_err unet_parse(unet_config *t, const cJSON *root) {
         nn_json_float(root, "norm_eps", &t->norm_eps) ||
         nn_json_float(root, "freq_shift", &t->freq_shift) ||
         nn_json_bool(root, "flip_sin_to_cos", &t->flip_sin_to_cos) ||
-        nn_json_bool(root, "use_linear_projection", &t->use_linear_projection))
+        nn_json_bool(root, "use_linear_projection", &t->use_linear_projection) ||
+        nn_json_bool(root, "upcast_attention", &t->upcast_attention) ||
+        nn_json_int(root, "time_cond_proj_dim", &t->time_cond_proj_dim) ||
+        nn_json_int(root, "addition_time_embed_dim", &t->addition_time_embed_dim) ||
+        nn_json_int(root, "projection_class_embeddings_input_dim",
+                    &t->projection_class_embeddings_input_dim))
         return easel_seterr(EASEL_EUNSUPPORTED,
                             "unet config: a value has the wrong type or is "
                             "a per-block list (layers_per_block, cross_attention_dim)");
-    t->heads_are_dims = 0; /* diffusers reads attention_head_dim as the head count */
     return EASEL_OK;
 }
 
@@ -207,8 +217,8 @@ static easel_err load_attn(unet_model *m, nn_transformer **t, int ch, int heads,
     *t = calloc(1, sizeof **t);
     if (!*t) return easel_seterr(EASEL_ENOMEM, "unet: out of host memory");
     return nn_transformer_load(&m->params, *t, ch, heads, c->cross_attention_dim,
-                               c->norm_num_groups, c->transformer_layers, c->use_linear_projection,
-                               prefix);
+                               c->norm_num_groups, c->transformer_layers[c->levels - 1],
+                               c->use_linear_projection, prefix);
 }
 
 static easel_err load_down(unet_model *m, int i) {
@@ -229,8 +239,8 @@ static easel_err load_down(unet_model *m, int i) {
         if (!b->has_attn) continue;
         TRY(nn_name(n, sizeof n, "down_blocks.%d.attentions.%d", i, j));
         TRY(nn_transformer_load(&m->params, &b->attn[j], out, heads_at(c, i),
-                                c->cross_attention_dim, c->norm_num_groups, c->transformer_layers,
-                                c->use_linear_projection, n));
+                                c->cross_attention_dim, c->norm_num_groups,
+                                c->transformer_layers[i], c->use_linear_projection, n));
     }
     if (b->has_sample) {
         TRY(nn_name(n, sizeof n, "down_blocks.%d.downsamplers.0.conv", i));
@@ -263,8 +273,8 @@ static easel_err load_up(unet_model *m, int i) {
         if (!b->has_attn) continue;
         TRY(nn_name(n, sizeof n, "up_blocks.%d.attentions.%d", i, j));
         TRY(nn_transformer_load(&m->params, &b->attn[j], out, heads_at(c, lev),
-                                c->cross_attention_dim, c->norm_num_groups, c->transformer_layers,
-                                c->use_linear_projection, n));
+                                c->cross_attention_dim, c->norm_num_groups,
+                                c->transformer_layers[lev], c->use_linear_projection, n));
     }
     if (b->has_sample) {
         TRY(nn_name(n, sizeof n, "up_blocks.%d.upsamplers.0.conv", i));
@@ -281,6 +291,14 @@ static easel_err load_ends(unet_model *m) {
     int c0 = c->block_out_channels[0], top = c->block_out_channels[c->levels - 1];
     TRY(nn_linear_load(p, &m->time1, c0, m->temb_dim, 1, 0, "time_embedding.linear_1"));
     TRY(nn_linear_load(p, &m->time2, m->temb_dim, m->temb_dim, 1, 0, "time_embedding.linear_2"));
+    if (c->time_cond_proj_dim > 0)
+        TRY(nn_linear_load(p, &m->cond_proj, c->time_cond_proj_dim, c0, 0, 0,
+                           "time_embedding.cond_proj"));
+    if (c->add_text_time) {
+        TRY(nn_linear_load(p, &m->add1, c->projection_class_embeddings_input_dim, m->temb_dim, 1, 0,
+                           "add_embedding.linear_1"));
+        TRY(nn_linear_load(p, &m->add2, m->temb_dim, m->temb_dim, 1, 0, "add_embedding.linear_2"));
+    }
     TRY(nn_conv_load(p, &m->conv_in, c->in_channels, c0, 3, "conv_in"));
     TRY(nn_resnet_load(p, &m->mid_res[0], top, top, m->temb_dim, c->norm_num_groups, c->norm_eps,
                        "mid_block.resnets.0"));
@@ -301,7 +319,17 @@ static easel_err check_config(const unet_config *c) {
                             "unet: unsupported config (levels %d, layers "
                             "per block %d)",
                             c->levels, c->layers_per_block);
+    if (c->add_text_time && (c->addition_time_embed_dim < 2 || c->addition_time_embed_dim % 2 ||
+                             unet_text_embeds_dim(c) < 1))
+        return easel_seterr(EASEL_EUNSUPPORTED,
+                            "unet: text_time needs an even addition_time_embed_dim (%d) and "
+                            "projection_class_embeddings_input_dim (%d) above %d time ids x it",
+                            c->addition_time_embed_dim, c->projection_class_embeddings_input_dim,
+                            UNET_TIME_IDS);
     for (int i = 0; i < c->levels; i++) {
+        if (c->transformer_layers[i] < 1 || c->transformer_layers[i] > NN_MAX_TLAYERS)
+            return easel_seterr(EASEL_EUNSUPPORTED, "unet: level %d: %d transformer layers (1..%d)",
+                                i, c->transformer_layers[i], NN_MAX_TLAYERS);
         int ch = c->block_out_channels[i], h = heads_at(c, i);
         if (ch < 1 || ch % c->norm_num_groups || h < 1 || ch % h)
             return easel_seterr(EASEL_EUNSUPPORTED,
@@ -356,19 +384,95 @@ typedef struct {
     int n;
 } skip_stack;
 
-/* temb_act = SiLU(linear_2(SiLU(linear_1(timestep_embedding(t))))), [B, temb_dim]. */
-static easel_err time_embed(const unet_model *m, arena *ar, const float *t, int64_t B,
+void unet_guidance_embedding(float w, int dim, float *out) {
+    const float wf = w * 1000.0f;
+    const int half = dim / 2;
+    const float emb = logf(10000.0f) / (float)(half - 1);
+    for (int k = 0; k < half; k++) {
+        float a = wf * expf((float)k * -emb);
+        out[k] = sinf(a);
+        out[half + k] = cosf(a);
+    }
+    if (dim % 2) out[dim - 1] = 0.0f;
+}
+
+int unet_text_embeds_dim(const unet_config *c) {
+    if (!c->add_text_time) return 0;
+    return c->projection_class_embeddings_input_dim - UNET_TIME_IDS * c->addition_time_embed_dim;
+}
+
+int unet_temb_dim(const unet_config *c) {
+    return 4 * c->block_out_channels[0];
+}
+
+easel_err unet_aug_embedding(const unet_model *m, arena *ar, const float *text_embeds,
+                             const float *time_ids, tensor *aug_emb) {
+    const unet_config *c = &m->c;
+    if (!c->add_text_time)
+        return easel_seterr(EASEL_EINVAL, "unet: text_embeds/time_ids given to a model without "
+                                          "addition_embed_type text_time");
+    int P = unet_text_embeds_dim(c), D = c->addition_time_embed_dim;
+    if (aug_emb->ndim != 2 || aug_emb->ne[1] != m->temb_dim || !text_embeds || !time_ids)
+        return easel_seterr(EASEL_EINVAL,
+                            "unet: aug_emb must be [B, %d] with text_embeds and "
+                            "time_ids",
+                            m->temb_dim);
+    int64_t B = aug_emb->ne[0];
+    backend *be = arena_backend(ar);
+    size_t mark = arena_mark(ar);
+    easel_err err = EASEL_OK;
+    /* add_time_proj(time_ids.flatten()) -> [B*6, D] = [B, 6*D] */
+    tensor te = arena_new2(ar, B, P);
+    tensor tp = arena_new2(ar, B * UNET_TIME_IDS, D);
+    tensor cat = arena_new2(ar, B, c->projection_class_embeddings_input_dim);
+    tensor h = arena_new2(ar, B, m->temb_dim);
+    TRY(arena_error(ar));
+    TRY(be->upload(be, &te, text_embeds));
+    TRY(be->timestep_embedding(be, &tp, time_ids, c->flip_sin_to_cos, c->freq_shift, 10000.0f));
+    tensor tp2 = tensor_2d(tp.data, tp.dt, tp.dev, B, (int64_t)UNET_TIME_IDS * D);
+    TRY(be->concat(be, &cat, &te, &tp2));
+    TRY(nn_linear_fwd(be, &m->add1, &h, &cat));
+    TRY(be->unary(be, &h, &h, UNARY_SILU));
+    TRY(nn_linear_fwd(be, &m->add2, aug_emb, &h));
+done:
+    arena_release(ar, mark);
+    return err;
+}
+
+/* temb_act = SiLU(linear_2(SiLU(linear_1(timestep_embedding(t) [+ cond_proj(cond)]))) [+ aug]),
+ * [B, temb_dim]. t and cond: host values, or (t == NULL) the f32 device
+ * tensors td and cd (cd may be NULL), which a captured step reads at replay;
+ * aug: SDXL's added embedding [B, temb_dim], or NULL. */
+static easel_err time_embed(const unet_model *m, arena *ar, const float *t, const float *cond,
+                            const tensor *td, const tensor *cd, const tensor *aug, int64_t B,
                             tensor *temb_act) {
     backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
     easel_err err = EASEL_OK;
-    tensor e = arena_new2(ar, B, m->c.block_out_channels[0]);
+    int c0 = m->c.block_out_channels[0], cdim = m->c.time_cond_proj_dim;
+    tensor e = arena_new2(ar, B, c0);
     tensor h = arena_new2(ar, B, m->temb_dim);
+    int has_cond = cond || cd;
+    tensor ct = has_cond ? arena_new2(ar, B, cdim) : (tensor){0};
+    tensor cp = has_cond ? arena_new2(ar, B, c0) : (tensor){0};
     TRY(arena_error(ar));
-    TRY(be->timestep_embedding(be, &e, t, m->c.flip_sin_to_cos, m->c.freq_shift, 10000.0f));
+    if (t)
+        TRY(be->timestep_embedding(be, &e, t, m->c.flip_sin_to_cos, m->c.freq_shift, 10000.0f));
+    else
+        TRY(backend_timestep_embedding_t(be, &e, td, m->c.flip_sin_to_cos, m->c.freq_shift,
+                                         10000.0f));
+    if (has_cond) {
+        if (cond)
+            TRY(be->upload(be, &ct, cond));
+        else
+            TRY(be->copy(be, &ct, cd)); /* f32 device values -> the backend's dtype */
+        TRY(nn_linear_fwd(be, &m->cond_proj, &cp, &ct));
+        TRY(be->binary(be, &e, &e, &cp, BINARY_ADD));
+    }
     TRY(nn_linear_fwd(be, &m->time1, &h, &e));
     TRY(be->unary(be, &h, &h, UNARY_SILU));
     TRY(nn_linear_fwd(be, &m->time2, temb_act, &h));
+    if (aug) TRY(be->binary(be, temb_act, temb_act, aug, BINARY_ADD));
     TRY(be->unary(be, temb_act, temb_act, UNARY_SILU));
 done:
     arena_release(ar, mark);
@@ -379,8 +483,8 @@ static tensor new_like_ch(arena *ar, const tensor *x, int64_t ch) {
     return arena_new4(ar, x->ne[0], x->ne[1], x->ne[2], ch);
 }
 
-static easel_err down_fwd(const unet_block *b, arena *ar, tensor *h,
-                          const tensor *temb, const tensor *ctx, skip_stack *sk) {
+static easel_err down_fwd(const unet_block *b, arena *ar, tensor *h, const tensor *temb,
+                          const tensor *ctx, skip_stack *sk) {
     backend *be = arena_backend(ar);
     easel_err err = EASEL_OK;
     for (int j = 0; j < b->nres; j++) {
@@ -414,8 +518,8 @@ done:
     return err;
 }
 
-static easel_err up_fwd(const unet_block *b, arena *ar, tensor *h,
-                        const tensor *temb, const tensor *ctx, skip_stack *sk) {
+static easel_err up_fwd(const unet_block *b, arena *ar, tensor *h, const tensor *temb,
+                        const tensor *ctx, skip_stack *sk) {
     backend *be = arena_backend(ar);
     easel_err err = EASEL_OK;
     for (int j = 0; j < b->nres; j++) {
@@ -444,7 +548,7 @@ static easel_err out_fwd(const unet_model *m, arena *ar, const tensor *h, tensor
     tensor n = arena_like(ar, h);
     TRY(arena_error(ar));
     TRY(be->group_norm(be, &n, h, &m->norm_out.w, &m->norm_out.b, m->c.norm_num_groups,
-                 m->c.norm_eps, 1));
+                       m->c.norm_eps, 1));
     TRY(be->conv2d(be, out, &n, &m->conv_out.w, &m->conv_out.b, 1, 1));
 done:
     arena_release(ar, mark);
@@ -467,18 +571,50 @@ static easel_err check_io(const unet_model *m, const tensor *x, const tensor *ct
     return EASEL_OK;
 }
 
-easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const float *t,
-                       const tensor *ctx, tensor *out) {
+/* The conditioning fits the model (what it needs given, nothing else). */
+static easel_err check_cond(const unet_model *m, const unet_cond *c, int64_t B) {
+    int cond = c && (c->timestep_cond || c->timestep_cond_dev);
+    if (cond != (m->c.time_cond_proj_dim > 0))
+        return easel_seterr(EASEL_EINVAL, "unet_forward: %s",
+                            cond ? "timestep_cond given to a model without time_cond_proj_dim"
+                                 : "this model needs timestep_cond (its guidance embedding)");
+    int added = c && (c->aug_emb || c->text_embeds || c->time_ids);
+    if (added != m->c.add_text_time)
+        return easel_seterr(EASEL_EINVAL, "unet_forward: %s",
+                            added ? "text_embeds/time_ids given to a model without text_time"
+                                  : "this model needs text_embeds and time_ids (SDXL's added "
+                                    "conditioning)");
+    if (c && c->aug_emb &&
+        (c->aug_emb->ndim != 2 || c->aug_emb->ne[0] != B || c->aug_emb->ne[1] != m->temb_dim))
+        return easel_seterr(EASEL_EINVAL, "unet_forward: aug_emb must be [%lld, %d]", (long long)B,
+                            m->temb_dim);
+    if (c && !c->aug_emb && added && (!c->text_embeds || !c->time_ids))
+        return easel_seterr(EASEL_EINVAL, "unet_forward: text_embeds and time_ids go together");
+    return EASEL_OK;
+}
+
+easel_err unet_forward_ex(const unet_model *m, arena *ar, const tensor *x, const float *t,
+                          const tensor *t_dev, const unet_cond *cond, const tensor *ctx,
+                          tensor *out) {
     easel_err err = check_io(m, x, ctx, out);
     if (err) return err;
+    if (!t == !t_dev)
+        return easel_seterr(EASEL_EINVAL, "unet_forward: give the timesteps on the host or on "
+                                          "the device, one of the two");
+    int64_t B = x->ne[0];
+    if ((err = check_cond(m, cond, B))) return err;
     backend *be = arena_backend(ar);
     size_t mark = arena_mark(ar);
-    int64_t B = x->ne[0];
     skip_stack sk = {.n = 0};
+    int make_aug = m->c.add_text_time && !cond->aug_emb;
     tensor temb = arena_new2(ar, B, m->temb_dim);
     tensor h = new_like_ch(ar, x, m->c.block_out_channels[0]);
+    tensor aug = make_aug ? arena_new2(ar, B, m->temb_dim) : (tensor){0};
     TRY(arena_error(ar));
-    TRY(time_embed(m, ar, t, B, &temb));
+    if (make_aug) TRY(unet_aug_embedding(m, ar, cond->text_embeds, cond->time_ids, &aug));
+    const tensor *ap = !m->c.add_text_time ? NULL : make_aug ? &aug : cond->aug_emb;
+    TRY(time_embed(m, ar, t, cond ? cond->timestep_cond : NULL, t_dev,
+                   cond ? cond->timestep_cond_dev : NULL, ap, B, &temb));
     TRY(be->conv2d(be, &h, x, &m->conv_in.w, &m->conv_in.b, 1, 1));
     sk.t[sk.n++] = h;
     for (int i = 0; i < m->c.levels; i++)
@@ -495,4 +631,23 @@ easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const fl
 done:
     arena_release(ar, mark);
     return err;
+}
+
+easel_err unet_forward(const unet_model *m, arena *ar, const tensor *x, const float *t,
+                       const tensor *ctx, tensor *out) {
+    return unet_forward_cond(m, ar, x, t, NULL, ctx, out);
+}
+
+easel_err unet_forward_cond(const unet_model *m, arena *ar, const tensor *x, const float *t,
+                            const float *cond, const tensor *ctx, tensor *out) {
+    if (!t) return easel_seterr(EASEL_EINVAL, "unet_forward: t is NULL");
+    unet_cond uc = {.timestep_cond = cond};
+    return unet_forward_ex(m, ar, x, t, NULL, &uc, ctx, out);
+}
+
+easel_err unet_forward_t(const unet_model *m, arena *ar, const tensor *x, const tensor *t,
+                         const tensor *cond, const tensor *ctx, tensor *out) {
+    if (!t) return easel_seterr(EASEL_EINVAL, "unet_forward_t: t is NULL");
+    unet_cond uc = {.timestep_cond_dev = cond};
+    return unet_forward_ex(m, ar, x, NULL, t, &uc, ctx, out);
 }

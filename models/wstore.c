@@ -1,6 +1,7 @@
 /* The generic weight store over safetensors files (see weights.h): an index
  * of every stored tensor sorted by name, shape checks, F32/F16/BF16 -> f32 ->
- * our layout -> backend upload, and a record of which tensors were asked for. */
+ * our layout -> the hook -> backend upload in the weight's dtype, and a
+ * record of which tensors were asked for. */
 #include "weights.h"
 
 #include <stdarg.h>
@@ -29,18 +30,6 @@ typedef struct {
     wstore_rename_fn rename;
     void *rename_ctx;
 } ws_st;
-
-easel_err wstore_getf(wstore *ws, weight_layout layout, tensor *out, int ndim, const int64_t *shape,
-                      const char *fmt, ...) {
-    char name[WS_NAME_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof name)
-        return easel_seterr(EASEL_EINVAL, "weight name too long: %s...", name);
-    return ws->get(ws, name, ndim, shape, layout, out);
-}
 
 static const char *shape_str(int ndim, const int64_t *s, char *buf, size_t len) {
     size_t o = 0;
@@ -87,9 +76,15 @@ static void conv_to_ohwi(const float *src, float *dst, const int64_t *s) {
                     dst[((o * kh + y) * kw + x) * ci + i] = src[((o * ci + i) * kh + y) * kw + x];
 }
 
-easel_err wstore_upload(backend *be, const char *name, const float *src, int sndim,
+dtype wstore_dtype(const backend *be, const char *name, int ndim) {
+    if (ndim < 2 || (name && strstr(name, "position_embedding"))) return be->act_dtype;
+    return be->weight_dtype;
+}
+
+easel_err wstore_upload(wstore *ws, const char *name, const float *src, int sndim,
                         const int64_t *sshape, int ndim, const int64_t *shape, weight_layout layout,
                         tensor *out) {
+    backend *be = ws->be;
     char a[128], b[128];
     if (ndim < 1 || ndim > TENSOR_MAX_DIMS || (layout == WL_CONV && ndim != 4))
         return easel_seterr(EASEL_EINTERNAL, "weight %s: bad requested shape %s", name,
@@ -115,9 +110,23 @@ easel_err wstore_upload(backend *be, const char *name, const float *src, int snd
     } else {
         memcpy(ne, shape, sizeof(int64_t) * (size_t)ndim);
     }
-    easel_err e = backend_tensor_alloc(be, out, be->act_dtype, nd, ne);
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++)
+        n *= ne[i];
+    easel_err e = EASEL_OK;
+    wstore_tensor t = {name, (float *)data, nd, ne, layout, wstore_dtype(be, name, nd)};
+    if (ws->hook) {
+        if (!tmp) { /* the hook may write: never into the caller's src */
+            if (!(tmp = malloc(sizeof(float) * (size_t)(n ? n : 1))))
+                return easel_seterr(EASEL_ENOMEM, "weight %s: out of host memory", name);
+            memcpy(tmp, src, sizeof(float) * (size_t)n);
+        }
+        t.data = tmp;
+        e = ws->hook(ws->hook_ctx, &t);
+    }
+    if (!e) e = backend_tensor_alloc(be, out, t.dt, nd, ne);
     if (!e) {
-        e = be->upload(be, out, data);
+        e = be->upload(be, out, t.data);
         if (e) backend_tensor_free(be, out);
     }
     free(tmp);
@@ -157,7 +166,7 @@ static easel_err ws_get(wstore *ws, const char *name, int ndim, const int64_t *s
         free(buf);
         return easel_wraperr(err, "weight %s (stored as %s)", name, e->name);
     }
-    err = wstore_upload(ws->be, name, buf, e->t->ndim, e->t->shape, ndim, shape, layout, out);
+    err = wstore_upload(ws, name, buf, e->t->ndim, e->t->shape, ndim, shape, layout, out);
     free(buf);
     if (err) return err;
     e->used = 1;
