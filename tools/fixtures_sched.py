@@ -18,6 +18,15 @@ with a fake deterministic model eps = 0.5 * x_in + 0.1 * sin(t) starting from
 torch noise ("run/<kind>/<steps>/<C>x<H>x<W>/seed<seed>/step<i>" = latents
 after step i, step0 = the initial scaled noise).
 
+matrix (--matrix): every sampler x timestep_spacing x prediction_type, plus
+the schedule options and config variants (Karras/exponential sigmas, zero-SNR,
+betas, final sigmas, solver orders, PRK, eta/gamma, numpy's trailing-arange
+quirk), each built as `Class.from_config(config, **overrides)`; per case the
+timesteps, sigmas, init sigma and the latents before every model evaluation
+("m/<case>/x<i>", x0 = the initial scaled noise) of a fake-model run. Cases
+and their configs in tests/fixtures/sched/matrix.json (read by test_sampler.c,
+which replays every evaluation from diffusers' latents: per-step updates).
+
 torch.randn of >= 16 floats gives different last bits on CPUs where torch
 lacks its AVX2 kernel (see engine/rng.h); the script refuses to run there.
 """
@@ -29,8 +38,10 @@ import sys
 import numpy as np
 import torch
 import diffusers
+import json
 from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler)
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, PNDMScheduler,
+                       TCDScheduler, UniPCMultistepScheduler)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,6 +148,155 @@ def sched_fixtures():
     w.save(os.path.join(ROOT, "tests/fixtures/sched/sched.bin"))
 
 
+CLASSES = {"euler_a": EulerAncestralDiscreteScheduler, "euler": EulerDiscreteScheduler,
+           "ddim": DDIMScheduler, "pndm": PNDMScheduler, "heun": HeunDiscreteScheduler,
+           "dpmpp_2m": DPMSolverMultistepScheduler, "dpmpp_2m_karras": DPMSolverMultistepScheduler,
+           "unipc": UniPCMultistepScheduler, "lcm": LCMScheduler, "tcd": TCDScheduler}
+# what easel's `schedule` option means, as from_config overrides
+SCHEDULES = {"default": {}, "karras": {"use_karras_sigmas": True, "use_exponential_sigmas": False},
+             "exponential": {"use_karras_sigmas": False, "use_exponential_sigmas": True},
+             "uniform": {"use_karras_sigmas": False, "use_exponential_sigmas": False},
+             "linspace": {"timestep_spacing": "linspace"}, "leading": {"timestep_spacing": "leading"},
+             "trailing": {"timestep_spacing": "trailing"}}
+BASE = {k: v for k, v in SD15_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+
+
+def matrix_cases():
+    cases = []
+
+    def add(name, sampler, config, steps=7, schedule="default", eta=0.0, shape=(1, 4, 4, 5), seed=7):
+        cases.append(dict(name=name, sampler=sampler, config=config, steps=steps, schedule=schedule,
+                          eta=eta, shape=list(shape), seed=seed))
+
+    for s in CLASSES:
+        for pred in ("epsilon", "v_prediction", "sample"):
+            if pred == "sample" and s in ("euler_a", "pndm"):
+                continue  # diffusers raises for these
+            spacings = ["leading"] if s in ("lcm", "tcd") else ["linspace", "leading", "trailing"]
+            for sp in spacings:
+                cfg = dict(BASE, prediction_type=pred, timestep_spacing=sp)
+                add(f"{s}/{sp}/{pred}", s, cfg, eta=0.3 if s == "tcd" else 0.0)
+    eps = dict(BASE)
+    for s in ("euler", "heun", "dpmpp_2m", "unipc"):
+        for sch in ("karras", "exponential"):
+            add(f"{s}/schedule-{sch}", s, eps, schedule=sch, steps=6)
+    add("euler/schedule-trailing", "euler", eps, schedule="trailing", steps=4)
+    add("ddim/schedule-trailing", "ddim", eps, schedule="trailing", steps=4)
+    add("euler_a/schedule-leading", "euler_a", eps, schedule="leading", steps=5)
+    add("dpmpp_2m_karras/schedule-karras", "dpmpp_2m_karras", eps, schedule="karras", steps=5)
+    add("euler/log_linear", "euler", dict(eps, interpolation_type="log_linear"), steps=5)
+    add("euler/final_sigma_min", "euler", dict(eps, final_sigmas_type="sigma_min"), steps=5)
+    add("euler/karras-sigma-range", "euler",
+        dict(eps, use_karras_sigmas=True, sigma_min=0.1, sigma_max=10.0), steps=5)
+    add("euler/continuous-v", "euler", dict(eps, prediction_type="v_prediction",
+                                            timestep_type="continuous"), steps=5)
+    for s in ("euler", "euler_a", "ddim", "dpmpp_2m", "unipc", "lcm", "tcd"):
+        add(f"{s}/zero_snr", s, dict(eps, rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                     timestep_spacing="trailing" if s not in ("lcm", "tcd") else
+                                     "leading"), steps=5, eta=0.3 if s == "tcd" else 0.0)
+    add("ddim/squaredcos", "ddim", dict(eps, beta_schedule="squaredcos_cap_v2"), steps=6)
+    add("dpmpp_2m_karras/squaredcos", "dpmpp_2m_karras", dict(eps, beta_schedule="squaredcos_cap_v2"),
+        steps=6)
+    add("euler/linear-betas", "euler", dict(eps, beta_schedule="linear", beta_start=0.0001,
+                                            beta_end=0.02), steps=6)
+    add("heun/exp-betas", "heun", dict(eps, beta_schedule="exp"), steps=4)
+    tb = list(np.linspace(0.0001, 0.02, 1000).astype(float))
+    add("ddim/trained_betas", "ddim", dict(eps, trained_betas=tb), steps=5)
+    nodefaults = {k: v for k, v in eps.items() if k not in ("clip_sample", "set_alpha_to_one")}
+    add("ddim/class-defaults", "ddim", nodefaults, steps=5)  # clip_sample, set_alpha_to_one: DDIM's
+    add("ddim/eta", "ddim", eps, steps=5, eta=0.5)
+    add("ddim/clip", "ddim", dict(eps, clip_sample=True, clip_sample_range=0.5), steps=5)
+    add("heun/clip", "heun", dict(eps, clip_sample=True, clip_sample_range=0.5), steps=4)
+    add("pndm/prk", "pndm", dict(eps, skip_prk_steps=False), steps=6)
+    add("pndm/prk-v", "pndm", dict(eps, skip_prk_steps=False, prediction_type="v_prediction"),
+        steps=5)
+    add("dpmpp_2m/order3", "dpmpp_2m", dict(eps, solver_order=3), steps=8)
+    add("dpmpp_2m/order3-long", "dpmpp_2m", dict(eps, solver_order=3), steps=16)
+    add("dpmpp_2m/order1", "dpmpp_2m", dict(eps, solver_order=1), steps=5)
+    add("dpmpp_2m/heun-solver", "dpmpp_2m", dict(eps, solver_type="heun"), steps=6)
+    add("dpmpp_2m/dpmsolver", "dpmpp_2m", dict(eps, algorithm_type="dpmsolver",
+                                               final_sigmas_type="sigma_min"), steps=6)
+    add("dpmpp_2m/dpmsolver-order3", "dpmpp_2m", dict(eps, algorithm_type="dpmsolver", solver_order=3,
+                                                      final_sigmas_type="sigma_min",
+                                                      solver_type="heun"), steps=8)
+    add("dpmpp_2m/lambda_min_clipped", "dpmpp_2m", dict(eps, lambda_min_clipped=-5.1), steps=6)
+    add("dpmpp_2m/euler_at_final", "dpmpp_2m", dict(eps, euler_at_final=True), steps=16)
+    add("unipc/bh1", "unipc", dict(eps, solver_type="bh1"), steps=6)
+    add("unipc/order3", "unipc", dict(eps, solver_order=3), steps=8)
+    add("unipc/order3-v", "unipc", dict(eps, solver_order=3, prediction_type="v_prediction"), steps=8)
+    add("unipc/noise-pred", "unipc", dict(eps, predict_x0=False), steps=6)
+    add("unipc/disable_corrector", "unipc", dict(eps, disable_corrector=[0, 2]), steps=6)
+    add("unipc/final_sigma_min", "unipc", dict(eps, final_sigmas_type="sigma_min"), steps=5)
+    add("tcd/gamma0", "tcd", eps, steps=4, eta=0.0)
+    add("tcd/gamma1", "tcd", eps, steps=4, eta=1.0)
+    for n in (1, 2, 4, 8):
+        add(f"lcm/{n}", "lcm", dict(eps, timestep_scaling=10.0, original_inference_steps=50), steps=n)
+    add("lcm/clip", "lcm", dict(eps, clip_sample=True, clip_sample_range=0.5), steps=4)
+    for s in ("euler", "ddim", "dpmpp_2m", "euler_a"):  # np.arange gives 62 points for 61 steps
+        add(f"{s}/trailing-61", s, dict(eps, timestep_spacing="trailing"), steps=61, shape=(1, 1, 2, 3))
+    for s in ("euler", "heun", "pndm", "ddim", "unipc", "dpmpp_2m"):
+        add(f"{s}/1step", s, dict(eps, timestep_spacing="trailing"), steps=1)
+    return cases
+
+
+def build(case):
+    over = dict(SCHEDULES[case["schedule"]])
+    if case["sampler"] == "dpmpp_2m_karras":
+        over.update(use_karras_sigmas=True, algorithm_type="dpmsolver++", solver_order=2)
+    return CLASSES[case["sampler"]].from_config(case["config"], **over)
+
+
+def matrix_fixtures():
+    import inspect
+    w = Writer()
+    cases = matrix_cases()
+    for c in cases:
+        s = build(c)
+        s.set_timesteps(c["steps"])
+        # configs on which diffusers itself breaks: an exception, NaN latents, or a
+        # negative integer timestep (numpy's trailing arange; torch then indexes
+        # alphas_cumprod[-1]). easel refuses these; the test checks it does.
+        try:
+            probe = build(c)
+            probe.set_timesteps(c["steps"])
+            px = torch.randn(c["shape"], generator=torch.Generator("cpu").manual_seed(1))
+            px = px * probe.init_noise_sigma
+            pkw = {"eta": c["eta"]} if "eta" in inspect.signature(probe.step).parameters else {}
+            for t in probe.timesteps:
+                px = probe.step(fake_eps(probe.scale_model_input(px, t), t), t, px, **pkw).prev_sample
+            bad = not torch.isfinite(px).all() or (
+                not probe.timesteps.is_floating_point() and int(probe.timesteps.min()) < 0)
+            why = "non-finite latents or a negative timestep"
+        except (IndexError, ValueError) as e:
+            bad, why = True, repr(e)
+        if bad:
+            print(f"diffusers breaks on {c['name']}: {why}; easel must refuse it", file=sys.stderr)
+            c["refused"] = True
+            continue
+        name = "m/" + c["name"]
+        w.add(f"{name}/timesteps", s.timesteps.numpy().astype(np.float32), np.float32)
+        if c["sampler"] in ("euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc"):
+            w.add(f"{name}/sigmas", s.sigmas.numpy(), np.float32)
+        w.add(f"{name}/init_sigma", [float(s.init_noise_sigma)], np.float32)
+        g = torch.Generator("cpu").manual_seed(c["seed"])
+        x = torch.randn(c["shape"], generator=g, dtype=torch.float32) * s.init_noise_sigma
+        params = inspect.signature(s.step).parameters
+        kw = {"generator": g} if "generator" in params else {}
+        if "eta" in params:
+            kw["eta"] = c["eta"]
+        w.add(f"{name}/x0", x.numpy(), np.float32)
+        for i, t in enumerate(s.timesteps):
+            x_in = s.scale_model_input(x, t)
+            x = s.step(fake_eps(x_in, t), t, x, **kw).prev_sample
+            w.add(f"{name}/x{i + 1}", x.numpy(), np.float32)
+        c["evals"] = len(s.timesteps)
+    w.save(os.path.join(ROOT, "tests/fixtures/sched/matrix.bin"))
+    with open(os.path.join(ROOT, "tests/fixtures/sched/matrix.json"), "w") as f:
+        json.dump({"diffusers": diffusers.__version__, "fake_model": "0.5 * x_in + 0.1 * sin(t)",
+                   "cases": cases}, f, indent=0)
+    print(f"{len(cases)} matrix cases")
+
+
 if __name__ == "__main__":
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}, "
           f"cpu capability {torch.backends.cpu.get_cpu_capability()}", file=sys.stderr)
@@ -144,5 +304,9 @@ if __name__ == "__main__":
         sys.exit("torch runs its scalar randn kernel here (no AVX2): engine/rng.c follows the "
                  "AVX2 kernel, so make these fixtures on an x86-64 machine with AVX2")
     torch.set_num_threads(1)
+    if "--matrix" in sys.argv:
+        matrix_fixtures()
+        sys.exit(0)
     rng_fixtures()
     sched_fixtures()
+    matrix_fixtures()
