@@ -127,4 +127,20 @@ static inline const char *test_fixture(const char *name, char *buf, size_t len) 
     return buf;
 }
 
+/* A whole file, NUL-terminated (malloc'd; *len its size when len is given),
+ * or NULL when it cannot be read. */
+static inline char *test_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    long n = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    char *buf = n >= 0 && !fseek(f, 0, SEEK_SET) ? (char *)malloc((size_t)n + 1) : NULL;
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) free(buf), buf = NULL;
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+        if (len) *len = (size_t)n;
+    }
+    return buf;
+}
+
 #endif

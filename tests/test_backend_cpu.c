@@ -3,7 +3,9 @@
  * sizes, 1-element dims, stride 2 on odd inputs, Lq != Lk, causal, every
  * GEMM split and conv path), with guard words after every output; error
  * paths; 1 and 3 threads, and 2 threads with EASEL_CPU_AVX512=1 and =0 (our
- * AVX-512 kernels forced on and off); two backends computing at once.
+ * AVX-512 kernels forced on and off); the same ops with f32 weights on a bf16
+ * backend (its OpenMP task runner; its attention is bf16, tolerances as in
+ * test_backend_bf16.c); two backends computing at once.
  * Tolerances (fp32 against the double reference):
  *   linear, bmm, conv2d: rel L2 <= 2e-5, max abs <= 1e-4 (|x|,|w| <= 1)
  *   attention: rel L2 <= 2e-5, max abs <= 1e-5
@@ -12,72 +14,21 @@
  *   softmax: rel L2 <= 1e-5, max abs <= 1e-6; unary: 1e-5 / 5e-6;
  *   geglu: 1e-5 / 1e-5; axpby, timestep_embedding: 1e-6 / 1e-6
  *   binary (one rounding): equal to the f32-rounded reference;
- *   copy/convert, upsample2x, concat, gather_rows: bit-exact. */
+ *   copy/convert, upsample2x, concat, gather_rows, pad2d: bit-exact. */
 #include <pthread.h>
 #include <stdint.h>
 
 #include "../engine/backend.h"
 #include "../engine/threadpool.h"
 #include "test.h"
-
-#define GUARD 16
-#define SENTINEL 0x7fc0beefu /* a NaN no op produces */
-#define FILL 0x7fc0bad0u     /* what an unwritten output element holds */
+#include "test_ops_ref.h"
 
 static backend *g_be; /* the backend under test */
 
-typedef struct {
-    float *mem;
-    int64_t n;
-    tensor t;
-} buf;
-
-static buf mkbuf(int ndim, int64_t a, int64_t b, int64_t c, int64_t d) {
-    int64_t ne[4] = {a, b, c, d};
-    buf x;
-    x.t = tensor_make(NULL, DT_F32, DEV_CPU, ndim, ne);
-    x.n = tensor_nelem(&x.t);
-    x.mem = malloc((size_t)(x.n + GUARD) * sizeof(float));
-    uint32_t fill = FILL, sent = SENTINEL;
-    for (int64_t i = 0; i < x.n; i++)
-        memcpy(&x.mem[i], &fill, 4);
-    for (int64_t i = 0; i < GUARD; i++)
-        memcpy(&x.mem[x.n + i], &sent, 4);
-    x.t.data = x.mem;
-    return x;
-}
-
-static void rnd(buf *x, unsigned long long seed, float lo, float hi) {
-    unsigned long long s = seed * 2654435761ull + 1;
-    for (int64_t i = 0; i < x->n; i++)
-        x->mem[i] = test_randf(&s, lo, hi);
-}
-
-static int guard_ok(const buf *x) {
-    uint32_t sent = SENTINEL;
-    for (int64_t i = 0; i < GUARD; i++)
-        if (memcmp(&x->mem[x->n + i], &sent, 4)) return 0;
-    return 1;
-}
-
-static void bfree(buf *x) {
-    free(x->mem);
-    x->mem = NULL;
-}
-
-static double *dalloc(int64_t n) {
-    return calloc((size_t)(n > 0 ? n : 1), sizeof(double));
-}
-
-/* Guard intact, rel L2 <= rtol, max abs <= atol. */
 static void expect_close(const char *what, const buf *y, const double *ref, double rtol,
                          double atol) {
     CHECK(guard_ok(y), "%s: guard words after the output were overwritten", what);
-    double e = test_rel_l2(y->mem, ref, (long)y->n), m = 0;
-    for (int64_t i = 0; i < y->n; i++) {
-        double d = fabs((double)y->mem[i] - ref[i]);
-        if (!(d <= m)) m = d != d ? INFINITY : d;
-    }
+    double e = test_rel_l2(y->mem, ref, (long)y->n), m = max_abs_d(y->mem, ref, y->n);
     CHECK(e <= rtol, "%s: rel L2 %.3g > %.3g", what, e, rtol);
     CHECK(m <= atol, "%s: max abs %.3g > %.3g", what, m, atol);
 }
@@ -146,28 +97,6 @@ static void test_bmm(void) {
     }
 }
 
-static void conv_ref(const buf *x, const buf *w, const buf *b, int stride, int pad, double *ref,
-                     int64_t Ho, int64_t Wo) {
-    int64_t N = x->t.ne[0], H = x->t.ne[1], W = x->t.ne[2], Ci = x->t.ne[3];
-    int64_t Co = w->t.ne[0], KH = w->t.ne[1], KW = w->t.ne[2];
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t oy = 0; oy < Ho; oy++)
-            for (int64_t ox = 0; ox < Wo; ox++)
-                for (int64_t co = 0; co < Co; co++) {
-                    double s = b ? b->mem[co] : 0;
-                    for (int64_t ky = 0; ky < KH; ky++)
-                        for (int64_t kx = 0; kx < KW; kx++) {
-                            int64_t iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-                            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
-                            const float *xp = x->mem + ((n * H + iy) * W + ix) * Ci;
-                            const float *wp = w->mem + ((co * KH + ky) * KW + kx) * Ci;
-                            for (int64_t ci = 0; ci < Ci; ci++)
-                                s += (double)xp[ci] * wp[ci];
-                        }
-                    ref[((n * Ho + oy) * Wo + ox) * Co + co] = s;
-                }
-}
-
 static void test_conv2d(void) {
     static const int cases[][9] = {/* N, H, W, Ci, Co, k, stride, pad, bias */
                                    {1, 5, 7, 3, 4, 3, 1, 1, 1},
@@ -195,7 +124,7 @@ static void test_conv2d(void) {
             y = mkbuf(4, N, Ho, Wo, Co);
         rnd(&x, 60 + t, -1, 1), rnd(&w, 70 + t, -1, 1), rnd(&b, 80 + t, -1, 1);
         double *ref = dalloc(y.n);
-        conv_ref(&x, &w, c[8] ? &b : NULL, s, p, ref, Ho, Wo);
+        conv_ref(x.mem, w.mem, c[8] ? b.mem : NULL, x.t.ne, w.t.ne, s, p, Ho, Wo, ref);
         easel_err e = g_be->conv2d(g_be, &y.t, &x.t, &w.t, c[8] ? &b.t : NULL, s, p);
         CHECK(e == EASEL_OK, "conv2d case %zu: %s", t, easel_errmsg());
         char what[96];
@@ -204,36 +133,6 @@ static void test_conv2d(void) {
         expect_close(what, &y, ref, 2e-5, 1e-4);
         free(ref), bfree(&x), bfree(&w), bfree(&b), bfree(&y);
     }
-}
-
-static void attention_ref(const buf *q, const buf *k, const buf *v, int H, int causal,
-                          double *ref) {
-    int64_t B = q->t.ne[0], Lq = q->t.ne[1], Lk = k->t.ne[1], HD = q->t.ne[2], D = HD / H;
-    double *s = dalloc(Lk), scale = 1.0 / sqrt((double)D);
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t h = 0; h < H; h++)
-            for (int64_t i = 0; i < Lq; i++) {
-                const float *qi = q->mem + (b * Lq + i) * HD + h * D;
-                int64_t nk = causal ? i + 1 : Lk;
-                double mx = -INFINITY, sum = 0;
-                for (int64_t j = 0; j < nk; j++) {
-                    const float *kj = k->mem + (b * Lk + j) * HD + h * D;
-                    double d = 0;
-                    for (int64_t e = 0; e < D; e++)
-                        d += (double)qi[e] * kj[e];
-                    s[j] = d * scale;
-                    mx = s[j] > mx ? s[j] : mx;
-                }
-                for (int64_t j = 0; j < nk; j++)
-                    sum += (s[j] = exp(s[j] - mx));
-                for (int64_t e = 0; e < D; e++) {
-                    double o = 0;
-                    for (int64_t j = 0; j < nk; j++)
-                        o += s[j] * v->mem[(b * Lk + j) * HD + h * D + e];
-                    ref[(b * Lq + i) * HD + h * D + e] = o / sum;
-                }
-            }
-    free(s);
 }
 
 static void test_attention(void) {
@@ -269,7 +168,9 @@ static void test_attention(void) {
         char what[96];
         snprintf(what, sizeof what, "attention B%d Lq%d Lk%d H%d D%d causal%d", B, Lq, Lk, H, D,
                  c[5]);
-        expect_close(what, &o, ref, 2e-5, 1e-5);
+        /* a bf16 backend computes non-causal attention in bf16 (test_backend_bf16.c) */
+        int bf = backend_cpu_precision(g_be) == PREC_BF16 && !c[5];
+        expect_close(what, &o, ref, bf ? 2e-2 : 2e-5, bf ? 3e-2 : 1e-5);
         free(ref), bfree(&q), bfree(&k), bfree(&v), bfree(&o);
     }
 }
@@ -396,6 +297,8 @@ static void test_softmax(void) {
 static double ref_unary(double x, int op) {
     if (op == UNARY_SILU) return x / (1 + exp(-x));
     if (op == UNARY_GELU) return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+    if (op == UNARY_RELU) return x < 0 ? 0 : x;
+    if (op == UNARY_TANH) return tanh(x);
     return x / (1 + exp(-1.702 * x));
 }
 
@@ -545,6 +448,39 @@ static void test_upsample_concat(void) {
     }
 }
 
+/* pad2d: x placed at (top, left) of a larger y, zeros around it (diffusers'
+ * Downsample2D pads (0,1,0,1): top = left = 0 with one more row and column). */
+static void test_pad2d(void) {
+    static const int cases[][7] = {/* N, H, W, C, Hy, Wy, top/left */ {1, 1, 1, 1, 2, 2, 0},
+                                   {2, 5, 3, 7, 6, 4, 0},
+                                   {1, 4, 4, 3, 7, 9, 2},
+                                   {1, 8, 6, 64, 9, 7, 0}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        int N = cases[t][0], H = cases[t][1], W = cases[t][2], C = cases[t][3];
+        int Hy = cases[t][4], Wy = cases[t][5], top = cases[t][6], left = top ? top + 1 : 0;
+        buf x = mkbuf(4, N, H, W, C), y = mkbuf(4, N, Hy, Wy, C);
+        rnd(&x, 330 + t, -1, 1);
+        float *ref = calloc((size_t)y.n, 4);
+        for (int n = 0; n < N; n++)
+            for (int i = 0; i < H; i++)
+                for (int j = 0; j < W; j++)
+                    for (int c = 0; c < C; c++)
+                        ref[(((int64_t)n * Hy + i + top) * Wy + j + left) * C + c] =
+                            x.mem[(((int64_t)n * H + i) * W + j) * C + c];
+        CHECK(g_be->pad2d(g_be, &y.t, &x.t, top, left) == EASEL_OK, "pad2d: %s", easel_errmsg());
+        expect_exact("pad2d", &y, ref);
+        free(ref), bfree(&y);
+        /* too small an output, negative offsets, aliasing: refused */
+        buf small = mkbuf(4, N, H + top, W + left - 1, C);
+        CHECK(g_be->pad2d(g_be, &small.t, &x.t, top, left) == EASEL_EINVAL,
+              "pad2d into a too small y must be EINVAL");
+        CHECK(g_be->pad2d(g_be, &x.t, &x.t, 0, 0) == EASEL_EINVAL, "pad2d in place must be EINVAL");
+        CHECK(g_be->pad2d(g_be, &small.t, &x.t, -1, 0) == EASEL_EINVAL,
+              "pad2d with top < 0 must be EINVAL");
+        bfree(&small), bfree(&x);
+    }
+}
+
 static void test_timestep_embedding(void) {
     static const float ts[] = {0.0f, 1.0f, 2.5f, 17.0f, 999.0f};
     static const int cfg[][2] = {/* dim, flip */ {320, 1}, {7, 0}, {2, 1}};
@@ -636,6 +572,11 @@ static void test_errors(void) {
     uint16_t hb[32];
     tensor h = tensor_2d(hb, DT_F16, DEV_CPU, 4, 8);
     CHECK(g_be->softmax(g_be, &h, &h) == EASEL_EUNSUPPORTED, "f16 op input");
+    tensor on_gpu = x.t;
+    on_gpu.dev = DEV_CUDA;
+    CHECK(g_be->layer_norm(g_be, &y.t, &on_gpu, &w.t, &w.t, 1e-5f) == EASEL_EINVAL &&
+              strstr(easel_errmsg(), "not a cpu tensor"),
+          "a tensor of another device: %s", easel_errmsg());
     buf cx = mkbuf(4, 1, 5, 5, 3), cw = mkbuf(4, 2, 3, 3, 3), cy = mkbuf(4, 1, 5, 5, 2);
     CHECK(g_be->conv2d(g_be, &cy.t, &cx.t, &cw.t, NULL, 2, 1) == EASEL_EINVAL, "conv y shape");
     CHECK(strstr(easel_errmsg(), "conv2d") != NULL, "conv message: %s", easel_errmsg());
@@ -747,8 +688,8 @@ static void *work_run(void *arg) {
     return NULL;
 }
 
-static void test_concurrent_backends(void) {
-    backend *b1 = backend_cpu_create(2), *b2 = backend_cpu_create(2);
+static void concurrent_backends(backend_precision prec) {
+    backend *b1 = backend_cpu_create_prec(2, prec), *b2 = backend_cpu_create_prec(2, prec);
     REQUIRE(b1 && b2, "create: %s", easel_errmsg());
     CHECK(backend_cpu_threads(b1) == 2, "threads");
     work ref, w1, w2;
@@ -771,14 +712,128 @@ static void test_concurrent_backends(void) {
     backend_destroy(b2);
 }
 
-static void run_ops(int threads) {
-    g_be = backend_cpu_create(threads);
+static void test_concurrent_backends(void) {
+    concurrent_backends(PREC_FP32);
+}
+
+/* two bf16 backends, each with its own OpenMP team, from two threads */
+static void test_concurrent_bf16_backends(void) {
+    backend *probe = backend_cpu_create_prec(1, PREC_BF16);
+    if (!probe) SKIP("this CPU has neither AMX-BF16 nor AVX512-BF16");
+    backend_destroy(probe);
+    concurrent_backends(PREC_BF16);
+}
+
+/* lora_merge: y = w + scale·up·down against a double reference, for linear
+ * [N,K] and conv [N,KH,KW,Ci] weights, in place and not, several ranks and
+ * GEMM splits; scale 0 leaves w bit for bit; weights stored in weight_dtype
+ * (bf16 on a bf16 backend, conv weights then in its blocked layout): one
+ * rounding of the fp32 result, so every value is the reference rounded to
+ * bf16 or its neighbour (the f32 sum rounds first; near 0, within the fp32
+ * sum's error), most exactly. */
+static void test_lora_merge(void) {
+    static const int cases[][6] = {/* ndim, N, KH, KW, Ci (K = KH·KW·Ci), R */
+                                   {2, 1, 1, 1, 1, 1},     {2, 7, 1, 1, 13, 3},
+                                   {2, 320, 1, 1, 768, 4}, {2, 130, 1, 1, 70, 37},
+                                   {4, 64, 3, 3, 32, 8},   {4, 320, 1, 1, 320, 16},
+                                   {4, 33, 3, 3, 17, 5},   {2, 640, 1, 1, 2560, 64}};
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        const int *c = cases[t];
+        int64_t N = c[1], K = (int64_t)c[2] * c[3] * c[4], R = c[5];
+        int64_t wne[4] = {N, c[2], c[3], c[4]}, w2[2] = {N, K};
+        const int64_t *ne = c[0] == 4 ? wne : w2;
+        buf w =
+            mkbuf(c[0], ne[0], c[0] == 4 ? ne[1] : K, c[0] == 4 ? ne[2] : 1, c[0] == 4 ? ne[3] : 1);
+        buf y =
+            mkbuf(c[0], ne[0], c[0] == 4 ? ne[1] : K, c[0] == 4 ? ne[2] : 1, c[0] == 4 ? ne[3] : 1);
+        buf up = mkbuf(2, N, R, 1, 1), dn = mkbuf(2, R, K, 1, 1);
+        rnd(&w, 500 + t, -1, 1), rnd(&up, 510 + t, -1, 1), rnd(&dn, 520 + t, -1, 1);
+        float scale = 0.37f;
+        double *ref = dalloc(N * K);
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t j = 0; j < K; j++) {
+                double acc = 0;
+                for (int64_t r = 0; r < R; r++)
+                    acc += (double)up.mem[i * R + r] * dn.mem[r * K + j];
+                ref[i * K + j] = (double)w.mem[i * K + j] + scale * acc;
+            }
+        char what[96];
+        snprintf(what, sizeof what, "lora_merge %lldx%lld r%lld %dD", (long long)N, (long long)K,
+                 (long long)R, c[0]);
+        CHECK(g_be->lora_merge(g_be, &y.t, &w.t, &up.t, &dn.t, scale) == EASEL_OK, "%s: %s", what,
+              easel_errmsg());
+        expect_close(what, &y, ref, 1e-6, 1e-5 * (1 + (double)R / 16));
+        /* in place gives the same bits */
+        CHECK(g_be->lora_merge(g_be, &w.t, &w.t, &up.t, &dn.t, scale) == EASEL_OK, "%s in place",
+              what);
+        CHECK(!memcmp(w.mem, y.mem, sizeof(float) * (size_t)y.n) && guard_ok(&w),
+              "%s: in place differs", what);
+        /* scale 0 copies w exactly */
+        rnd(&w, 500 + t, -1, 1);
+        CHECK(g_be->lora_merge(g_be, &y.t, &w.t, &up.t, &dn.t, 0.0f) == EASEL_OK, "%s: scale 0",
+              what);
+        expect_exact("lora_merge scale 0", &y, w.mem);
+        if (g_be->weight_dtype != g_be->act_dtype) { /* bf16 weights, blocked when conv */
+            tensor wb, yb;
+            CHECK(backend_tensor_alloc(g_be, &wb, g_be->weight_dtype, c[0], ne) == EASEL_OK &&
+                      backend_tensor_alloc(g_be, &yb, g_be->weight_dtype, c[0], ne) == EASEL_OK,
+                  "alloc bf16");
+            float *wr = malloc(sizeof(float) * (size_t)y.n);
+            CHECK(g_be->upload(g_be, &wb, w.mem) == EASEL_OK && g_be->download(g_be, &wb, wr) == 0,
+                  "bf16 round trip");
+            for (int64_t i = 0; i < N; i++)
+                for (int64_t j = 0; j < K; j++) {
+                    double acc = 0;
+                    for (int64_t r = 0; r < R; r++)
+                        acc += (double)up.mem[i * R + r] * dn.mem[r * K + j];
+                    ref[i * K + j] = (double)wr[i * K + j] + scale * acc;
+                }
+            CHECK(g_be->lora_merge(g_be, &yb, &wb, &up.t, &dn.t, scale) == EASEL_OK, "%s bf16: %s",
+                  what, easel_errmsg());
+            CHECK(g_be->download(g_be, &yb, y.mem) == EASEL_OK, "download bf16");
+            int64_t exact = 0, far = 0;
+            for (int64_t i = 0; i < y.n; i++) {
+                float r = bf16_to_f32(f32_to_bf16((float)ref[i]));
+                /* a bf16 ulp, or the fp32 sum's own error where the result is near 0 */
+                float ulp = fmaxf(fabsf(r) * (1.0f / 128.0f), 1e-5f * (1.0f + (float)R / 16));
+                exact += y.mem[i] == r;
+                far += fabsf(y.mem[i] - r) > ulp;
+            }
+            CHECK(far == 0 && exact >= y.n * 9 / 10, "%s bf16: %lld of %lld exact, %lld off", what,
+                  (long long)exact, (long long)y.n, (long long)far);
+            CHECK(g_be->lora_merge(g_be, &yb, &wb, &up.t, &dn.t, 0.0f) == EASEL_OK &&
+                      g_be->download(g_be, &yb, y.mem) == EASEL_OK,
+                  "bf16 scale 0");
+            CHECK(!memcmp(y.mem, wr, sizeof(float) * (size_t)y.n), "%s bf16: scale 0 changed w",
+                  what);
+            free(wr);
+            backend_tensor_free(g_be, &wb), backend_tensor_free(g_be, &yb);
+        }
+        free(ref);
+        bfree(&w), bfree(&y), bfree(&up), bfree(&dn);
+    }
+    /* the contract: f32 factors, matching shapes */
+    buf w = mkbuf(2, 8, 6, 1, 1), up = mkbuf(2, 8, 2, 1, 1), dn = mkbuf(2, 2, 6, 1, 1);
+    buf bad = mkbuf(2, 2, 5, 1, 1);
+    rnd(&w, 1, -1, 1), rnd(&up, 2, -1, 1), rnd(&dn, 3, -1, 1);
+    CHECK(g_be->lora_merge(g_be, &w.t, &w.t, &up.t, &bad.t, 1.0f) == EASEL_EINVAL, "down [2,5]");
+    CHECK(g_be->lora_merge(g_be, &w.t, &w.t, &dn.t, &up.t, 1.0f) == EASEL_EINVAL, "swapped");
+    CHECK(g_be->lora_merge(g_be, &w.t, &w.t, &up.t, &dn.t, NAN) == EASEL_EINVAL, "NaN scale");
+    tensor h = up.t;
+    h.dt = DT_F16;
+    CHECK(g_be->lora_merge(g_be, &w.t, &w.t, &h, &dn.t, 1.0f) == EASEL_EINVAL, "f16 up");
+    bfree(&w), bfree(&up), bfree(&dn), bfree(&bad);
+}
+
+static void run_ops_prec(int threads, backend_precision prec) {
+    g_be = backend_cpu_create_prec(threads, prec);
     if (!g_be) {
         printf("  FAIL backend_cpu_create(%d): %s\n", threads, easel_errmsg());
         test_failed_++;
         return;
     }
-    printf("  backend cpu, %d thread(s)\n", backend_cpu_threads(g_be));
+    printf("  backend cpu %s, %d thread(s)\n", backend_precision_name(backend_cpu_precision(g_be)),
+           backend_cpu_threads(g_be));
     RUN(test_linear);
     RUN(test_bmm);
     RUN(test_conv2d);
@@ -793,10 +848,16 @@ static void run_ops(int threads) {
     RUN(test_upsample_concat);
     RUN(test_timestep_embedding);
     RUN(test_gather_rows);
+    RUN(test_pad2d);
     RUN(test_copy_convert);
+    RUN(test_lora_merge);
     RUN(test_errors);
     backend_destroy(g_be);
     g_be = NULL;
+}
+
+static void run_ops(int threads) {
+    run_ops_prec(threads, PREC_FP32);
 }
 
 int main(void) {
@@ -811,6 +872,18 @@ int main(void) {
     setenv("EASEL_CPU_AVX512", "0", 1);
     run_ops(2);
     unsetenv("EASEL_CPU_AVX512");
+    /* a bf16 backend runs every op with f32 weights as fp32 does (on its OpenMP team) */
+    backend *probe = backend_cpu_create_prec(1, PREC_BF16);
+    if (probe) {
+        backend_destroy(probe);
+        run_ops_prec(2, PREC_BF16);
+        run_ops_prec(1, PREC_BF16);
+    } else {
+        printf("  skipped: fp32 ops on a bf16 backend: this CPU has neither AMX-BF16 nor "
+               "AVX512-BF16\n");
+        test_skipped_++;
+    }
     RUN(test_concurrent_backends);
+    RUN(test_concurrent_bf16_backends);
     return test_summary();
 }

@@ -2,7 +2,8 @@
  * spec parser, the Nth-allocation and write failures, and, on a tiny model,
  * that an allocation failure anywhere inside a generation ends it with
  * EASEL_ENOMEM "out of memory" (no crash, no image) and that the same worker
- * then produces the very image it made before. Other builds skip. */
+ * then produces the very image it made before, also with live previews after
+ * every step and the TAESD decoder. Other builds skip. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -101,17 +102,27 @@ static int setup_model(void) {
     return bad ? -1 : 0;
 }
 
+static int with_previews; /* 1: previews after every step, TAESD decoder */
+
+static void on_preview(void *user, const gen_preview *pv) {
+    (void)user, (void)pv;
+}
+
 static easel_err generate_on(sd_worker *w, uint8_t **rgb) {
     gen_params p;
     gen_params_default(&p);
     p.prompt = "a red chair by a window";
     p.negative_prompt = "blurry";
     p.width = p.height = 64;
-    p.steps = 2;
+    p.steps = with_previews ? 3 : 2;
     p.seed = 7;
+    p.decoder = with_previews ? GEN_DECODER_TAESD : GEN_DECODER_VAE;
     gen_timings t;
     *rgb = NULL;
-    return sd_generate(w, &p, NULL, NULL, rgb, &t);
+    gen_hooks h;
+    gen_hooks_default(&h);
+    if (with_previews) h.preview = on_preview, h.preview_every = 1;
+    return sd_generate_hooks(w, &p, &h, rgb, NULL, &t);
 }
 
 static easel_err generate(uint8_t **rgb) {
@@ -145,8 +156,7 @@ static int oom_at(long n, const uint8_t *ref, size_t bytes) {
     return ok && same;
 }
 
-static void test_pipeline_oom(void) {
-    if (!fault_enabled()) SKIP("not a fault build");
+static void pipeline_oom(void) {
     REQUIRE(setup_model() == 0, "tiny model");
     uint8_t *ref;
     REQUIRE(generate(&ref) == EASEL_OK && ref, "clean run: %s", easel_errmsg());
@@ -196,10 +206,23 @@ static void test_pipeline_oom(void) {
     backend_destroy(be);
 }
 
+static void test_pipeline_oom(void) {
+    if (!fault_enabled()) SKIP("not a fault build");
+    with_previews = 0;
+    pipeline_oom();
+}
+
+static void test_pipeline_oom_previews(void) {
+    if (!fault_enabled()) SKIP("not a fault build");
+    with_previews = 1;
+    pipeline_oom();
+}
+
 int main(void) {
     RUN(test_spec);
     RUN(test_alloc);
     RUN(test_write);
     RUN(test_pipeline_oom);
+    RUN(test_pipeline_oom_previews);
     return test_summary();
 }

@@ -1,7 +1,13 @@
 /* Tests for engine/image.c: PNG write -> read round trips, conversions of
  * gray/alpha/palette/16-bit PNGs (written here with libpng's own API) to
  * 8-bit RGB, atomic writes (no temp file left, the old file intact when a
- * write fails), and the float -> byte conversion. */
+ * write fails), and the float -> byte conversion. engine/image_codecs.c:
+ * JPEG round trips within a JPEG's error, bad arguments and corrupt data
+ * refused (an error, not libjpeg's exit()); the decoders against Pillow
+ * (tests/fixtures/images, tools/fixtures_images.py): EXIF orientations 1-8,
+ * RGBA/palette+tRNS/gray+alpha/16-bit PNGs, lossless and lossy WebP, CMYK
+ * JPEG; headers over the caps refused before decoding, truncated files
+ * refused. engine/image_ops.c: flatten, masks, the resize modes, blur. */
 #include <dirent.h>
 #include <errno.h>
 #include <png.h>
@@ -12,6 +18,7 @@
 #include <unistd.h>
 
 #include "engine/image.h"
+#include "engine/image_codecs.h"
 #include "test.h"
 
 /* test.h's REQUIRE evaluates its condition twice: side effects go through OK. */
@@ -73,6 +80,16 @@ static void test_round_trip(void) {
     if (fp) fclose(fp);
     CHECK(got == n && !memcmp(disk, png, n), "file == encoded bytes (%zu vs %zu)", got, n);
     free(disk);
+    /* ... and decodes from memory (a PNG the job store holds) to the same pixels */
+    uint8_t *mem = NULL;
+    int mw = 0, mh = 0;
+    OK(image_decode_png_mem(png, n, &mem, &mw, &mh), "decode: %s", easel_errmsg());
+    CHECK(mw == w && mh == h && mem && !memcmp(mem, rgb, (size_t)w * h * 3), "decoded pixels");
+    free(mem);
+    CHECK(image_decode_png_mem(png, 20, &mem, &mw, &mh) == EASEL_EFORMAT && !mem, "truncated");
+    CHECK(image_decode_png_mem((const uint8_t *)"not a png at all", 16, &mem, &mw, &mh) ==
+              EASEL_EFORMAT,
+          "not a PNG");
     free(png);
     /* overwriting an existing file */
     uint8_t *rgb2 = random_rgb(w, h, 8);
@@ -282,6 +299,241 @@ static void test_f32_to_rgb8(void) {
     CHECK(out[0] == 0 && out[1] == 255 && out[2] == 64, "[0,1]: %d %d %d", out[0], out[1], out[2]);
 }
 
+/* A smooth image (JPEG's case: previews) survives quality 90 within a few
+ * levels on average; the stream is a JPEG (SOI ... EOI) of the right size. */
+static void test_jpeg(void) {
+    int w = 67, h = 45; /* not multiples of the 16x16 MCU */
+    uint8_t *rgb = malloc((size_t)w * h * 3), *back = NULL, *jpg = NULL;
+    REQUIRE(rgb, "alloc");
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            uint8_t *p = rgb + ((size_t)y * w + x) * 3;
+            p[0] = (uint8_t)(x * 255 / (w - 1)), p[1] = (uint8_t)(y * 255 / (h - 1));
+            p[2] = (uint8_t)(128 + 100 * sin(x * 0.1) * cos(y * 0.15));
+        }
+    size_t len = 0;
+    int bw = 0, bh = 0;
+    OK(image_encode(IMG_JPEG, rgb, w, h, 90, &jpg, &len), "encode: %s", easel_errmsg());
+    CHECK(len > 100 && len < (size_t)w * h * 3 && jpg[0] == 0xFF && jpg[1] == 0xD8 &&
+              jpg[len - 2] == 0xFF && jpg[len - 1] == 0xD9,
+          "a JPEG stream of %zu bytes", len);
+    OK(image_decode_jpeg(jpg, len, &back, &bw, &bh), "decode: %s", easel_errmsg());
+    CHECK(bw == w && bh == h, "size %dx%d", bw, bh);
+    double err = 0;
+    for (size_t i = 0; back && i < (size_t)w * h * 3; i++)
+        err += abs((int)back[i] - (int)rgb[i]);
+    err /= (double)w * h * 3;
+    CHECK(err < 3.0, "mean abs error %.2f levels at quality 90", err);
+    free(back), back = NULL;
+    /* corrupt: the error comes back, the process lives */
+    jpg[len / 2] ^= 0xFF, jpg[len / 2 + 1] ^= 0xFF;
+    easel_err e = image_decode_jpeg(jpg, len / 2, &back, &bw, &bh);
+    CHECK(e == EASEL_EFORMAT && !back, "a truncated JPEG is refused: %s", easel_errmsg());
+    free(back), back = NULL;
+    uint8_t junk[64] = {1, 2, 3};
+    CHECK(image_decode_jpeg(junk, sizeof junk, &back, &bw, &bh) == EASEL_EFORMAT && !back,
+          "not a JPEG: %s", easel_errmsg());
+    uint8_t *none = NULL;
+    CHECK(image_encode(IMG_JPEG, rgb, 0, h, 90, &none, &len) != EASEL_OK && !none, "0 wide");
+    free(jpg), free(rgb);
+}
+
+/* ---- decoders vs Pillow ---- */
+
+static uint8_t *read_file(const char *name, size_t *n) {
+    char p[1024], q[256];
+    snprintf(q, sizeof q, "images/%s", name);
+    return (uint8_t *)test_read_file(test_fixture(q, p, sizeof p), n);
+}
+
+/* Decodes fixture `name` and compares it with Pillow's RGBA (`ref`.rgba):
+ * every byte within tol. */
+static void expect_like_pil(const char *name, const char *ref, int w, int h, int tol) {
+    size_t n = 0, rn = 0;
+    uint8_t *d = read_file(name, &n), *r = read_file(ref, &rn), *px = NULL;
+    REQUIRE(d && r && rn == (size_t)w * h * 4, "fixtures %s, %s", name, ref);
+    image_info in;
+    easel_err e = image_decode(d, n, NULL, &px, &in);
+    CHECK(e == EASEL_OK, "%s: %s", name, easel_errmsg());
+    CHECK(in.width == w && in.height == h, "%s: %dx%d, Pillow %dx%d", name, in.width, in.height, w,
+          h);
+    int worst = 0;
+    for (size_t i = 0; px && in.width == w && in.height == h && i < rn; i++) {
+        int dd = abs((int)px[i] - (int)r[i]);
+        if (dd > worst) worst = dd;
+    }
+    CHECK(px && worst <= tol, "%s: differs from Pillow by up to %d levels (tolerance %d)", name,
+          worst, tol);
+    image_info pi;
+    CHECK(!image_probe(d, n, NULL, &pi) && pi.width == w && pi.height == h &&
+              pi.format == in.format && pi.orientation == in.orientation,
+          "%s: probe agrees", name);
+    free(d), free(r), free(px);
+}
+
+static void test_decode_orientation(void) {
+    for (int k = 1; k <= 8; k++) {
+        char name[32], ref[32];
+        snprintf(name, sizeof name, "orient_%d.jpg", k);
+        snprintf(ref, sizeof ref, "orient_%d.rgba", k);
+        int swap = k >= 5;
+        /* flat 8x8 blocks at quality 95: only JPEG's own error, within a few levels */
+        expect_like_pil(name, ref, swap ? 16 : 24, swap ? 24 : 16, 6);
+        size_t n;
+        uint8_t *d = read_file(name, &n);
+        image_info in;
+        CHECK(d && !image_probe(d, n, NULL, &in) && in.orientation == k && in.format == IMG_JPEG,
+              "%s: orientation %d read from EXIF", name, k);
+        free(d);
+    }
+}
+
+static void test_decode_layouts(void) {
+    expect_like_pil("rgba.png", "rgba.rgba", 24, 16, 0);
+    expect_like_pil("pal_trns.png", "pal_trns.rgba", 24, 16, 0);
+    expect_like_pil("la.png", "la.rgba", 24, 16, 0);
+    expect_like_pil("lossless_alpha.webp", "lossless_alpha.rgba", 24, 16, 0);
+    expect_like_pil("lossy.webp", "lossy.rgba", 24, 16, 4); /* libwebp versions may round apart */
+    expect_like_pil("cmyk.jpg", "cmyk.rgba", 24, 16, 6);
+    size_t n;
+    uint8_t *d = read_file("gray16.png", &n), *px = NULL;
+    image_info in;
+    REQUIRE(d, "gray16.png");
+    CHECK(!image_decode(d, n, NULL, &px, &in) && in.width == 24 && in.height == 16 && !in.has_alpha,
+          "gray16: %s", easel_errmsg());
+    int worst = 0;
+    for (int i = 0; px && i < 24 * 16; i++) { /* stored i·170; libpng scales 16 -> 8 bits */
+        int want = (int)(((long)i * 170 * 255 + 32767) / 65535);
+        for (int c = 0; c < 3; c++)
+            worst = abs(px[4 * i + c] - want) > worst ? abs(px[4 * i + c] - want) : worst;
+        if (px[4 * i + 3] != 255) worst = 999;
+    }
+    CHECK(px && worst <= 1, "gray16 scaled to 8 bits (worst %d)", worst);
+    free(d), free(px);
+    d = read_file("rgba.png", &n);
+    CHECK(d && !image_probe(d, n, NULL, &in) && in.has_alpha && in.format == IMG_PNG, "alpha");
+    free(d);
+}
+
+/* Headers that claim 30000x30000 are refused before any pixel is allocated
+ * (decoding would need 3.6 GB); over explicit caps too. */
+static void test_decode_bombs(void) {
+    const char *names[] = {"bomb.png", "bomb.jpg", "bomb.webp"};
+    const int side[] = {30000, 30000, 16384}; /* WebP's 14-bit sizes go to 16384 */
+    for (int i = 0; i < 3; i++) {
+        size_t n;
+        uint8_t *d = read_file(names[i], &n), *px = NULL;
+        REQUIRE(d, "%s", names[i]);
+        image_info in;
+        char dims[32];
+        snprintf(dims, sizeof dims, "%dx%d", side[i], side[i]);
+        easel_err e = image_decode(d, n, NULL, &px, &in);
+        CHECK(e == EASEL_EINVAL && !px && strstr(easel_errmsg(), dims) &&
+                  strstr(easel_errmsg(), "too large"),
+              "%s refused: %s", names[i], easel_errmsg());
+        CHECK(in.width == side[i] && in.height == side[i], "%s: the header's size reported",
+              names[i]);
+        free(d);
+    }
+    size_t n;
+    uint8_t *d = read_file("rgba.png", &n), *px = NULL;
+    image_limits lim = {.max_pixels = 24 * 16 - 1};
+    CHECK(image_decode(d, n, &lim, &px, NULL) == EASEL_EINVAL && !px, "max_pixels");
+    lim = (image_limits){.max_side = 23};
+    CHECK(image_decode(d, n, &lim, &px, NULL) == EASEL_EINVAL && !px, "max_side");
+    lim = (image_limits){.max_side = 24, .max_pixels = 24 * 16};
+    CHECK(image_decode(d, n, &lim, &px, NULL) == EASEL_OK && px, "at the caps: %s", easel_errmsg());
+    free(px), free(d);
+}
+
+/* Every prefix of each file: an error (never a crash, never a half image). */
+static void test_decode_truncated(void) {
+    const char *names[] = {"rgba.png", "orient_6.jpg", "lossless_alpha.webp", "lossy.webp",
+                           "cmyk.jpg"};
+    for (int i = 0; i < 5; i++) {
+        size_t n;
+        uint8_t *d = read_file(names[i], &n);
+        REQUIRE(d, "%s", names[i]);
+        int bad = 0;
+        for (size_t cut = 0; cut < n - 1; cut++) {
+            uint8_t *copy = malloc(cut ? cut : 1), *px = NULL;
+            memcpy(copy, d, cut);
+            easel_err e = image_decode(copy, cut, NULL, &px, NULL);
+            /* JPEG: bytes after the last scan (EOI) may go; nothing else */
+            if (e == EASEL_OK && !(strstr(names[i], ".jpg") && cut >= n - 2)) bad++;
+            if (e != EASEL_OK && px) bad++;
+            free(px), free(copy);
+        }
+        CHECK(bad == 0, "%s: %d truncations decoded", names[i], bad);
+        free(d);
+    }
+    uint8_t junk[] = "GIF89a not supported";
+    uint8_t *px = NULL;
+    CHECK(image_decode(junk, sizeof junk, NULL, &px, NULL) == EASEL_EFORMAT && !px &&
+              strstr(easel_errmsg(), "not a PNG, JPEG or WebP"),
+          "not an image: %s", easel_errmsg());
+    CHECK(image_decode(junk, 0, NULL, &px, NULL) == EASEL_EFORMAT, "empty");
+}
+
+/* ---- operations ---- */
+
+static void test_image_ops(void) {
+    uint8_t rgba[8] = {255, 0, 0, 255, 0, 0, 255, 0}, rgb[6], m[2];
+    image_flatten(rgba, 2, 1, 0xFFFFFF, rgb);
+    CHECK(rgb[0] == 255 && rgb[1] == 0 && rgb[3] == 255 && rgb[4] == 255 && rgb[5] == 255,
+          "flatten over white");
+    image_mask_from_alpha(rgba, 2, 1, m);
+    CHECK(m[0] == 0 && m[1] == 255, "alpha mask: transparent = repaint");
+    image_mask_from_luma(rgba, 2, 1, m);
+    CHECK(m[0] == 76 && m[1] == 0, "luma mask (PIL L of red = 76; transparent keeps): %d %d", m[0],
+          m[1]);
+    CHECK(image_resize_mode_parse("crop and resize") == RESIZE_CROP &&
+              image_resize_mode_parse("fill") == RESIZE_FILL && image_resize_mode_parse("x") < 0,
+          "mode names");
+    /* a flat image stays flat through every mode and scale */
+    int sizes[][4] = {{40, 30, 16, 16}, {16, 16, 40, 30}, {7, 100, 64, 64}, {300, 11, 8, 64}};
+    for (int t = 0; t < 4; t++)
+        for (int mode = 0; mode < RESIZE_MODE_COUNT; mode++) {
+            int sw = sizes[t][0], sh = sizes[t][1], dw = sizes[t][2], dh = sizes[t][3];
+            uint8_t *src = malloc((size_t)sw * sh * 3), *dst = malloc((size_t)dw * dh * 3);
+            for (int i = 0; i < sw * sh * 3; i++)
+                src[i] = (uint8_t)(i % 3 ? 77 : 200);
+            int bad = image_resize(src, sw, sh, 3, dst, dw, dh, (image_resize_mode)mode) != 0;
+            for (int i = 0; !bad && i < dw * dh * 3; i++)
+                bad = abs(dst[i] - (i % 3 ? 77 : 200)) > 1;
+            CHECK(!bad, "flat %dx%d -> %dx%d %s", sw, sh, dw, dh,
+                  image_resize_mode_name((image_resize_mode)mode));
+            free(src), free(dst);
+        }
+    /* crop keeps the centre; fill letterboxes with the stretched edge rows */
+    uint8_t col[20 * 10], out[10 * 10];
+    for (int y = 0; y < 10; y++)
+        for (int x = 0; x < 20; x++)
+            col[y * 20 + x] = (uint8_t)(x < 5 || x >= 15 ? 0 : 250);
+    CHECK(!image_resize(col, 20, 10, 1, out, 10, 10, RESIZE_CROP), "crop");
+    int inner = 1;
+    for (int i = 0; i < 100; i++)
+        inner &= out[i] >= 240;
+    CHECK(inner, "crop and resize: the centre 10x10 (all bright) is what is left");
+    uint8_t rows[10 * 20], fill[20 * 20];
+    for (int y = 0; y < 10; y++)
+        for (int x = 0; x < 20; x++)
+            rows[y * 20 + x] = (uint8_t)(y * 25);
+    CHECK(!image_resize(rows, 20, 10, 1, fill, 20, 20, RESIZE_FILL), "fill");
+    CHECK(fill[0] == rows[0] && fill[19 * 20] == rows[9 * 20] && fill[5 * 20 + 3] == rows[0] &&
+              fill[10 * 20] == rows[5 * 20],
+          "resize and fill: bands repeat the edge rows, the image sits in the middle");
+    /* the blur spreads a point symmetrically and keeps a flat field flat */
+    uint8_t b[9 * 9] = {0};
+    b[4 * 9 + 4] = 255;
+    CHECK(!image_blur(b, 9, 9, 1.0f), "blur");
+    CHECK(b[4 * 9 + 3] == b[4 * 9 + 5] && b[3 * 9 + 4] == b[5 * 9 + 4] && b[4 * 9 + 4] < 255 &&
+              b[4 * 9 + 3] > 0 && b[0] == 0,
+          "blurred point");
+    memset(b, 200, sizeof b);
+    CHECK(!image_blur(b, 9, 9, 3.0f) && b[0] == 200 && b[40] == 200, "flat stays flat");
+}
+
 int main(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/easel_test_img.XXXXXX");
     if (!mkdtemp(tmpdir)) {
@@ -294,6 +546,12 @@ int main(void) {
     RUN(test_read_errors);
     RUN(test_write_failures_leave_no_temp);
     RUN(test_f32_to_rgb8);
+    RUN(test_jpeg);
+    RUN(test_decode_orientation);
+    RUN(test_decode_layouts);
+    RUN(test_decode_bombs);
+    RUN(test_decode_truncated);
+    RUN(test_image_ops);
     rmdir(tmpdir);
     return test_summary();
 }

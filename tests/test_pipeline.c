@@ -9,11 +9,12 @@
 
 #include <cjson/cJSON.h>
 
-#include "engine/cli.h"
+#include "cli/cli.h"
 #include "engine/image.h"
 #include "engine/log.h"
 #include "models/loader.h"
 #include "models/pipeline.h"
+#include "models/scheduler.h"
 #include "tests/test.h"
 
 static char tmpdir[256];
@@ -36,16 +37,7 @@ static void setup(void) {
 }
 
 static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n + 1);
-    if (buf && fread(buf, 1, n, f) != (size_t)n) free(buf), buf = NULL;
-    fclose(f);
-    if (buf) buf[n] = 0, *len = (size_t)n;
-    return buf;
+    return test_read_file(path, len);
 }
 
 static const char *jstr(const cJSON *o, const char *k) {
@@ -57,17 +49,27 @@ static double jnum(const cJSON *o, const char *k) {
     return cJSON_IsNumber(v) ? v->valuedouble : cJSON_IsTrue(v) ? 1 : 0;
 }
 
-static void check_case(const cJSON *c) {
+/* A string, or NULL for null or absent (SDXL tells "no negative prompt" from ""). */
+static const char *jstr_null(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static void check_case_on(sd_worker *worker, const cJSON *c) {
     const char *name = jstr(c, "name");
     gen_params p;
     gen_params_default(&p);
     p.prompt = jstr(c, "prompt");
-    p.negative_prompt = jstr(c, "negative_prompt");
+    p.negative_prompt = jstr_null(c, "negative_prompt");
+    p.prompt_2 = jstr_null(c, "prompt_2");
+    p.negative_prompt_2 = jstr_null(c, "negative_prompt_2");
+    if (jnum(c, "clip_skip") >= 1) p.clip_skip = (int)jnum(c, "clip_skip");
     p.sampler = sampler_parse(jstr(c, "sampler"));
     p.steps = (int)jnum(c, "steps");
     p.guidance = (float)jnum(c, "guidance");
     p.seed = (uint64_t)jnum(c, "seed");
     p.width = (int)jnum(c, "width"), p.height = (int)jnum(c, "height");
+    p.eta = (float)jnum(c, "eta");
     char path[512], fx[300];
     snprintf(fx, sizeof fx, "pipeline/%s.bin", name);
     size_t len = 0;
@@ -95,6 +97,54 @@ static void check_case(const cJSON *c) {
               tm.truncated);
     }
     free(rgb), free(lat), free(rl), free(ref);
+}
+
+static void check_case(const cJSON *c) {
+    check_case_on(worker, c);
+}
+
+static int write_file(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return 0;
+    int ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* Full runs with scheduler configs as diffusers saves them (the issue's
+ * repro: a save_pretrained PNDM config, leading spacing, no clip_sample; an
+ * SD2-768 v-prediction DDIM config on tiny-sd2; SD-Turbo's Euler trailing at
+ * 1 step without CFG; LCM with its guidance embedding; TCD; DDIM trailing). */
+static void test_saved_configs_match_diffusers(void) {
+    char path[512], dir[400], sched[500];
+    size_t len;
+    char *text = read_all(test_fixture("pipeline/config_cases.json", path, sizeof path), &len);
+    REQUIRE(text, "%s missing (tools/fixtures_pipeline.py)", path);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
+    int seed = (int)jnum(root, "seed"), n = 0;
+    cJSON_ArrayForEach(c, cases) {
+        const char *arch = jstr(c, "arch");
+        snprintf(dir, sizeof dir, "%s/cfg-%s", tmpdir, arch);
+        sd_arch a;
+        REQUIRE(sd_arch_by_name(arch, &a) == EASEL_OK, "%s", easel_errmsg());
+        if (access(dir, F_OK))
+            REQUIRE(sd_make_model(&a, DT_F32, (uint64_t)seed, dir) == EASEL_OK, "%s",
+                    easel_errmsg());
+        char *cfg = cJSON_Print(cJSON_GetObjectItemCaseSensitive(c, "config"));
+        snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", dir);
+        REQUIRE(cfg && write_file(sched, cfg), "write %s", sched);
+        free(cfg);
+        sd_model *m = NULL;
+        sd_worker *w = NULL;
+        easel_err e = sd_model_load(dir, be, &m);
+        CHECK(e == EASEL_OK, "%s: load: %s", jstr(c, "name"), easel_errmsg());
+        if (!e && !sd_worker_create(m, be, &w)) check_case_on(w, c), n++;
+        sd_worker_free(w);
+        sd_model_free(m);
+    }
+    CHECK(n >= 14, "%d config cases ran", n);
+    cJSON_Delete(root);
 }
 
 static void test_matches_diffusers(void) {
@@ -177,9 +227,145 @@ static void test_validation(void) {
     expect_invalid(q, "sampler", "euler_a");
     q = p, q.prompt = NULL;
     expect_invalid(q, "prompt", "required");
+    q = p, q.schedule = SCHEDULE_COUNT;
+    expect_invalid(q, "schedule", "karras");
+    q = p, q.eta = 2;
+    expect_invalid(q, "eta", "[0, 1]");
+    static char big[GEN_MAX_PROMPT_BYTES + 2];
+    memset(big, 'a', sizeof big - 1);
+    q = p, q.prompt_2 = big;
+    expect_invalid(q, "prompt_2", "4096 bytes");
+    q = p, q.negative_prompt_2 = big;
+    expect_invalid(q, "negative_prompt_2", "4096 bytes");
+    if (model) { /* a schedule the sampler does not have: named, at resolve time */
+        gen_params r;
+        q = p, q.sampler = SAMPLER_PNDM, q.schedule = SCHEDULE_KARRAS;
+        CHECK(sd_params_resolve(model, &q, &r, &f) == EASEL_EINVAL && f && !strcmp(f, "schedule") &&
+                  strstr(easel_errmsg(), "pndm"),
+              "karras on pndm: %s", easel_errmsg());
+        q = p;
+        CHECK(!sd_params_resolve(model, &q, &r, &f) && r.sampler == SAMPLER_PNDM && r.steps == 20 &&
+                  r.width == 64,
+              "the tiny model's defaults: its PNDMScheduler, 20 steps, 64x64");
+    }
     CHECK(sampler_parse("dpmpp_2m_karras") == SAMPLER_DPMPP_2M_KARRAS && sampler_parse("x") < 0,
           "sampler names");
     CHECK(!strcmp(sampler_name(SAMPLER_EULER_A), "euler_a"), "sampler_name");
+}
+
+/* SDXL txt2img vs StableDiffusionXLPipeline (tests/fixtures/pipeline/sdxl_cases.json, made by
+ * tools/fixtures_sdxl.py on `make-model --arch tiny-sdxl --dtype f32 --seed 0`): both
+ * encoders, prompt_2, zeroed or encoded negatives, time ids, Turbo and Lightning schedules. */
+static void test_sdxl_matches_diffusers(void) {
+    char path[512], dir[400], sched[500], index[500];
+    size_t len;
+    char *text = read_all(test_fixture("pipeline/sdxl_cases.json", path, sizeof path), &len);
+    REQUIRE(text, "%s missing (tools/fixtures_sdxl.py)", path);
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    snprintf(dir, sizeof dir, "%s/tiny-sdxl", tmpdir);
+    sd_arch a;
+    REQUIRE(sd_arch_by_name("tiny-sdxl", &a) == EASEL_OK, "%s", easel_errmsg());
+    REQUIRE(sd_make_model(&a, DT_F32, 0, dir) == EASEL_OK, "%s", easel_errmsg());
+    snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", dir);
+    snprintf(index, sizeof index, "%s/model_index.json", dir);
+    size_t ilen = 0;
+    char *index_json = read_all(index, &ilen);
+    REQUIRE(index_json, "model_index.json");
+    const cJSON *cases = cJSON_GetObjectItemCaseSensitive(root, "cases"), *c;
+    int n = 0;
+    cJSON_ArrayForEach(c, cases) {
+        char *cfg = cJSON_Print(cJSON_GetObjectItemCaseSensitive(c, "config"));
+        REQUIRE(cfg && write_file(sched, cfg), "write %s", sched);
+        free(cfg);
+        cJSON *idx = cJSON_Parse(index_json); /* force_zeros_for_empty_prompt as the case says */
+        cJSON_ReplaceItemInObjectCaseSensitive(
+            idx, "force_zeros_for_empty_prompt",
+            cJSON_CreateBool(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(c, "force_zeros"))));
+        char *it = cJSON_Print(idx);
+        REQUIRE(it && write_file(index, it), "write %s", index);
+        free(it);
+        cJSON_Delete(idx);
+        sd_model *m = NULL;
+        sd_worker *w = NULL;
+        easel_err e = sd_model_load(dir, be, &m);
+        CHECK(e == EASEL_OK, "%s: load: %s", jstr(c, "name"), easel_errmsg());
+        if (!e && !sd_worker_create(m, be, &w)) check_case_on(w, c), n++;
+        sd_worker_free(w);
+        sd_model_free(m);
+    }
+    CHECK(n >= 12, "%d SDXL cases ran", n);
+    free(index_json);
+    cJSON_Delete(root);
+}
+
+/* SDXL's defaults and its own refusals: prompt_2 only where there is a second
+ * encoder, sizes named, families from the schedule. */
+static void test_sdxl_params(void) {
+    char dir[400];
+    snprintf(dir, sizeof dir, "%s/tiny-sdxl", tmpdir);
+    char sched[500];
+    snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", dir);
+    sd_arch a;
+    REQUIRE(sd_arch_by_name("tiny-sdxl", &a) == EASEL_OK, "arch");
+    char *cfg = sched_config_to_json(&a.sched); /* SDXL base's, which the last case replaced */
+    REQUIRE(cfg && write_file(sched, cfg), "write");
+    free(cfg);
+    sd_model *xl = NULL;
+    REQUIRE(sd_model_load(dir, be, &xl) == EASEL_OK, "%s", easel_errmsg());
+    sd_model_info info;
+    sd_model_get_info(xl, &info);
+    CHECK(info.text_encoders == 2 && info.vae_force_upcast && !strcmp(info.arch, "tiny-sdxl"),
+          "info: %d encoders, force_upcast %d, arch %s", info.text_encoders, info.vae_force_upcast,
+          info.arch);
+    gen_params p, r;
+    const char *f = NULL;
+    gen_params_default(&p);
+    p.prompt = "a room";
+    p.prompt_2 = "in oil";
+    CHECK(sd_params_resolve(xl, &p, &r, &f) == EASEL_OK, "prompt_2 on SDXL: %s", easel_errmsg());
+    if (model) { /* the SD1.5-shaped tiny model has one encoder */
+        CHECK(sd_params_resolve(model, &p, &r, &f) == EASEL_EINVAL && f && !strcmp(f, "prompt_2") &&
+                  strstr(easel_errmsg(), "second text encoder"),
+              "prompt_2 on SD1.5: %s", easel_errmsg());
+        p.prompt_2 = NULL, p.negative_prompt_2 = "x";
+        CHECK(sd_params_resolve(model, &p, &r, &f) == EASEL_EINVAL && f &&
+                  !strcmp(f, "negative_prompt_2"),
+              "negative_prompt_2 on SD1.5: %s", easel_errmsg());
+        uint8_t *rgb = NULL;
+        CHECK(sd_generate(worker, &p, NULL, NULL, &rgb, NULL) == EASEL_EINVAL && !rgb,
+              "sd_generate refuses it too");
+    }
+    gen_params_default(&p);
+    p.prompt = "a room";
+    p.width = 1020, p.height = 1024; /* not a multiple of SDXL's VAE factor */
+    CHECK(sd_params_resolve(xl, &p, &r, &f) == EASEL_EINVAL && f && !strcmp(f, "width") &&
+              strstr(easel_errmsg(), "multiple of 8"),
+          "1020 wide: %s", easel_errmsg());
+    p.width = 1024, p.height = 2056;
+    CHECK(sd_params_resolve(xl, &p, &r, &f) == EASEL_EINVAL && f && !strcmp(f, "height"),
+          "2056 high: %s", easel_errmsg());
+    p.width = p.height = GEN_DEFAULT, p.clip_skip = 3; /* CLIP-L has 2 layers here: [-4] is none */
+    CHECK(sd_params_resolve(xl, &p, &r, &f) == EASEL_EINVAL && f && !strcmp(f, "clip_skip"),
+          "clip_skip past the encoder: %s", easel_errmsg());
+    p.clip_skip = 1;
+    CHECK(!sd_params_resolve(xl, &p, &r, &f) && r.steps == 20 && r.guidance == 5.0f &&
+              r.sampler == SAMPLER_EULER && r.width == 64,
+          "SDXL defaults: %d steps, guidance %g, %s", r.steps, (double)r.guidance,
+          sampler_name(r.sampler));
+    sd_model_free(xl);
+    /* a Lightning model loads with its family: trailing Euler over the folder's config */
+    sd_load_opts o;
+    sd_load_opts_default(&o);
+    o.family = "sdxl-lightning";
+    REQUIRE(sd_model_load_ex(dir, be, &o, &xl) == EASEL_OK, "%s", easel_errmsg());
+    gen_params_default(&p);
+    p.prompt = "a room";
+    CHECK(!sd_params_resolve(xl, &p, &r, &f) && r.steps == 4 && r.guidance == 0.0f,
+          "Lightning defaults: %d steps, guidance %g", r.steps, (double)r.guidance);
+    sd_model_get_info(xl, &info);
+    CHECK(!strcmp(info.family, "sdxl-lightning"), "family %s", info.family);
+    sd_model_free(xl);
 }
 
 /* The same weights written as one LDM-named .safetensors give the same image. */
@@ -209,6 +395,57 @@ static void test_single_file_same_image(void) {
     free(r1), free(r2);
     sd_worker_free(w2);
     sd_model_free(m2);
+}
+
+/* v-prediction forced on a model whose config says epsilon is refused; on a
+ * model that does not say, it is taken; info reports what was loaded. */
+static void test_load_options(void) {
+    REQUIRE(worker, "no model");
+    char dir[300];
+    snprintf(dir, sizeof dir, "%s/cfg-tiny-sd2", tmpdir);
+    sd_arch a;
+    REQUIRE(sd_arch_by_name("tiny-sd2", &a) == EASEL_OK, "arch");
+    if (access(dir, F_OK)) REQUIRE(sd_make_model(&a, DT_F32, 5, dir) == EASEL_OK, "make");
+    char sched[400];
+    snprintf(sched, sizeof sched, "%s/scheduler/scheduler_config.json", dir);
+    char *cfg = sched_config_to_json(&a.sched); /* PNDM, prediction_type epsilon */
+    REQUIRE(cfg && write_file(sched, cfg), "write");
+    free(cfg);
+    sd_load_opts o;
+    sd_load_opts_default(&o);
+    o.prediction = PRED_V;
+    sd_model *m = NULL;
+    CHECK(sd_model_load_ex(dir, be, &o, &m) == EASEL_EINVAL && !m &&
+              strstr(easel_errmsg(), "v_prediction") && strstr(easel_errmsg(), "epsilon"),
+          "v on an epsilon model: %s", easel_errmsg());
+    REQUIRE(write_file(sched, "{\"_class_name\": \"DDIMScheduler\", \"beta_schedule\": "
+                              "\"scaled_linear\", \"beta_start\": 0.00085, \"beta_end\": 0.012}"),
+            "write");
+    CHECK(sd_model_load_ex(dir, be, &o, &m) == EASEL_OK, "v on a silent config: %s",
+          easel_errmsg());
+    sd_model_info info;
+    if (m) {
+        sd_model_get_info(m, &info);
+        CHECK(!strcmp(info.prediction_type, "v_prediction") &&
+                  info.default_sampler == SAMPLER_DDIM &&
+                  !strcmp(info.scheduler_class, "DDIMScheduler") && !strcmp(info.family, "sd2") &&
+                  info.params_unet > 0 && !strcmp(info.dtype, "f32"),
+              "info: %s %s %s", info.family, info.prediction_type, info.default_sampler_name);
+        sd_model_free(m), m = NULL;
+    }
+    REQUIRE(write_file(sched, "{\"_class_name\": \"DDIMScheduler\", \"dynamic_sigmas\": 3}"),
+            "write");
+    CHECK(sd_model_load(dir, be, &m) == EASEL_EUNSUPPORTED &&
+              strstr(easel_errmsg(), "dynamic_sigmas"),
+          "unknown field refused at load: %s", easel_errmsg());
+    REQUIRE(write_file(sched, "{\"_class_name\": \"LMSDiscreteScheduler\"}"), "write");
+    CHECK(sd_model_load(dir, be, &m) == EASEL_EUNSUPPORTED &&
+              strstr(easel_errmsg(), "LMSDiscreteScheduler"),
+          "unknown class refused: %s", easel_errmsg());
+    o.prediction = -1, o.sampler = SAMPLER_EULER;
+    CHECK(sd_model_load_ex(dir, be, &o, &m) == EASEL_OK, "... unless a sampler is named: %s",
+          easel_errmsg());
+    sd_model_free(m);
 }
 
 static int run_cli(int (*cmd)(int, char **), const char *const *args) {
@@ -262,9 +499,13 @@ int main(void) {
     if (!mkdtemp(tmpdir)) return perror("mkdtemp"), 1;
     setup();
     RUN(test_matches_diffusers);
+    RUN(test_saved_configs_match_diffusers);
+    RUN(test_sdxl_matches_diffusers);
+    RUN(test_sdxl_params);
     RUN(test_progress_and_cancel);
     RUN(test_validation);
     RUN(test_single_file_same_image);
+    RUN(test_load_options);
     RUN(test_cli);
     sd_worker_free(worker);
     sd_model_free(model);

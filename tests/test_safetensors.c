@@ -394,16 +394,7 @@ static const char *tpath(const char *name, char *buf, size_t len) {
 }
 
 static uint8_t *read_all(const char *path, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
-    fseek(fp, 0, SEEK_END);
-    long n = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    uint8_t *b = malloc(n > 0 ? (size_t)n : 1);
-    if (b && fread(b, 1, (size_t)n, fp) != (size_t)n) free(b), b = NULL;
-    fclose(fp);
-    *len = (size_t)n;
-    return b;
+    return (uint8_t *)test_read_file(path, len);
 }
 
 static void test_writer_exact_bytes(void) {

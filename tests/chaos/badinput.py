@@ -238,6 +238,7 @@ class Results:
     def __init__(self):
         self.mu = threading.Lock()
         self.by_status, self.bad, self.sent, self.created = {}, [], 0, []
+        self.bad_utf8 = []
 
     def record(self, kind, req, status, body):
         with self.mu:
@@ -246,6 +247,9 @@ class Results:
             self.by_status[key] = self.by_status.get(key, 0) + 1
             if status is not None and (status >= 500 or status == -1) and not version_refusal(req, status):
                 self.bad.append((kind, status, req[:200], (body or b"")[:200]))
+            bad_text = common.utf8_problem(body) if body and status is not None else None
+            if bad_text and not body.startswith(b"\x89PNG"):  # every reply is UTF-8 JSON
+                self.bad_utf8.append((kind, status, req[:200], bad_text))
             if status in (200, 202) and body and kind in ("json", "ctype"):
                 try:
                     d = json.loads(body)
@@ -363,6 +367,7 @@ def run(args):
     problems = [f"{k} -> {s}: {r!r} => {b!r}" for k, s, r, b in res.bad[:20]]
     if len(res.bad) > 20:
         problems.append(f"... {len(res.bad)} bad answers in all")
+    problems += [f"{k} -> {s}: {r!r}: reply {why}" for k, s, r, why in res.bad_utf8[:20]]
     if not srv.alive():
         problems.append(f"the server died:\n{srv.tail()}")
     else:
@@ -396,6 +401,7 @@ def run(args):
     return {
         "requests": res.sent, "seconds": round(elapsed, 1), "req_per_s": round(res.sent / elapsed),
         "by_status": dict(sorted(res.by_status.items())), "server_errors": len(res.bad),
+        "replies_not_utf8_json": len(res.bad_utf8), "not_utf8_examples": res.bad_utf8[:5],
         "hostile_jobs_created_and_canceled": len(res.created),
         "valid_jobs": len(probe_jobs), "valid_jobs_final": done, "slow_loris": loris,
         "rss_kb": {"start": rss[0], "after_warmup": warm, "max": max(rss), "end": rss[-1]},

@@ -11,6 +11,7 @@ import sqlite3
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 import zlib
 
@@ -173,6 +174,20 @@ def request(port, method, path, body=None, headers=None, timeout=10, conn=None):
             c.close()
 
 
+def utf8_problem(body):
+    """None if body (bytes) is valid UTF-8 (and, when it looks like JSON, parses); else why."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8: {e}"
+    if text[:1] in ("{", "["):
+        try:
+            json.loads(text)
+        except ValueError as e:
+            return f"not JSON: {e}"
+    return None
+
+
 def get_json(port, path, **kw):
     st, _, data = request(port, "GET", path, **kw)
     return st, (json.loads(data) if data[:1] in (b"{", b"[") else None)
@@ -216,7 +231,8 @@ def png_problem(data):
 def data_dir_problems(data_dir, images="images", db="easel.db"):
     """Checks a stopped server's data dir: PRAGMA integrity_check, every
     completed row's image present and a whole PNG, no temp files, no
-    truncated PNG. Returns a list of problems (empty = fine) and row counts."""
+    truncated PNG, no image that no row refers to. Returns a list of
+    problems (empty = fine) and row counts."""
     problems, counts = [], {}
     img_dir = os.path.join(data_dir, images)
     names = os.listdir(img_dir) if os.path.isdir(img_dir) else []
@@ -239,10 +255,17 @@ def data_dir_problems(data_dir, images="images", db="easel.db"):
         for st, n in con.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
             counts[st] = n
         if img_col:
+            referenced = set()
             for jid, st, img in con.execute(f"SELECT id, status, {img_col} FROM jobs"):
                 done = st in ("completed", 2)
+                if img:
+                    referenced.add(img)
                 if done and (not img or not os.path.exists(os.path.join(img_dir, img))):
                     problems.append(f"completed job {jid} has no image file ({img!r})")
+            orphans = [n for n in names if n.endswith(".png") and not n.startswith(".")
+                       and n not in referenced]
+            if orphans:  # a public file no job refers to, that retention would never delete
+                problems.append(f"{len(orphans)} orphaned images: {orphans[:5]}")
     finally:
         con.close()
     return problems, counts
@@ -253,3 +276,55 @@ def percentile(xs, q):
         return float("nan")
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+class Tracker:
+    """The job ids a chaos run's clients got a 202 for, and what they saw."""
+
+    def __init__(self):
+        self.mu = threading.Lock()
+        self.ids = {}  # id -> "native" | "compat"
+        self.sent = self.accepted = self.io_errors = self.cancels = 0
+        self.refused = {}  # status -> count
+
+    def add(self, jid, kind):
+        with self.mu:
+            self.ids[jid] = kind
+            self.accepted += 1
+
+    def pick(self, rng):
+        with self.mu:
+            return rng.choice(list(self.ids)) if self.ids else None
+
+
+def submit_one(port, tr, body, compat, timeout):
+    """POSTs one job (the seed's /generate-concept when compat, else /v1/jobs)
+    and records in tr what came back. Returns False after a network error."""
+    try:
+        with tr.mu:
+            tr.sent += 1
+        st, _, data = request(port, "POST", "/generate-concept" if compat else "/v1/jobs",
+                              body=body, timeout=timeout)
+        if st == 202 or (compat and st == 200):
+            d = json.loads(data)
+            jid = d.get("job_id") if compat else d.get("id")
+            if jid:
+                tr.add(jid, "compat" if compat else "native")
+        else:
+            with tr.mu:
+                tr.refused[st] = tr.refused.get(st, 0) + 1
+        return True
+    except (OSError, ValueError):
+        with tr.mu:
+            tr.io_errors += 1
+        return False
+
+
+def cancel_one(port, tr, jid, timeout):
+    try:
+        st, _, _ = request(port, "POST", f"/v1/jobs/{jid}/cancel", timeout=timeout)
+        if st in (200, 202):
+            with tr.mu:
+                tr.cancels += 1
+    except OSError:
+        pass

@@ -5,14 +5,15 @@ while jobs run, while PNGs are written, and during a graceful stop: SIGTERM
 then SIGKILL), restarting it on the same data dir each time. At the end,
 with the server up once more: every job that got a 202 must reach completed,
 failed (with a reason) or canceled; every completed job has a whole PNG;
-then, stopped: no temp files, no truncated PNG, no completed row without
-its file, PRAGMA integrity_check ok.
+both workers still run; then, stopped: no temp files, no truncated PNG, no
+completed row without its file, no image file no row refers to (a kill
+between an image's rename and its row's commit leaves one, which the next
+start-up must remove), PRAGMA integrity_check ok.
 
   kill9.py [--kills 100] [--duration 600] [--seed N] [--build build] [--json out.json]
 Exit status 0 when every check holds.
 """
 import argparse
-import json
 import os
 import random
 import re
@@ -23,25 +24,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
-
-
-class Tracker:
-    """The ids that got a 202, and what the clients saw."""
-
-    def __init__(self):
-        self.mu = threading.Lock()
-        self.ids = {}  # id -> "native" | "compat"
-        self.sent = self.accepted = self.io_errors = self.cancels = 0
-        self.refused = {}  # status -> count
-
-    def add(self, jid, kind):
-        with self.mu:
-            self.ids[jid] = kind
-            self.accepted += 1
-
-    def pick(self, rng):
-        with self.mu:
-            return rng.choice(list(self.ids)) if self.ids else None
 
 
 def job_body(rng):
@@ -58,23 +40,7 @@ def submitter(srv, tr, stop, seed):
         compat = rng.random() < 0.2
         body = ({"room_type": rng.choice(["living_room", "bedroom", "kitchen"]),
                  "style": "modern"} if compat else job_body(rng))
-        try:
-            with tr.mu:
-                tr.sent += 1
-            st, _, data = common.request(srv.port, "POST",
-                                         "/generate-concept" if compat else "/v1/jobs",
-                                         body=body, timeout=5)
-            if st == 202 or (compat and st == 200):
-                d = json.loads(data)
-                jid = d.get("job_id") if compat else d.get("id")
-                if jid:
-                    tr.add(jid, "compat" if compat else "native")
-            else:
-                with tr.mu:
-                    tr.refused[st] = tr.refused.get(st, 0) + 1
-        except (OSError, ValueError):
-            with tr.mu:
-                tr.io_errors += 1
+        if not common.submit_one(srv.port, tr, body, compat, timeout=5):
             time.sleep(0.05)
         time.sleep(rng.uniform(0.02, 0.12))
 
@@ -86,13 +52,7 @@ def canceler(srv, tr, stop, seed):
         jid = tr.pick(rng)
         if not jid:
             continue
-        try:
-            st, _, _ = common.request(srv.port, "POST", f"/v1/jobs/{jid}/cancel", timeout=5)
-            if st in (200, 202):
-                with tr.mu:
-                    tr.cancels += 1
-        except OSError:
-            pass
+        common.cancel_one(srv.port, tr, jid, timeout=5)
 
 
 def kill_once(srv, rng):
@@ -170,7 +130,7 @@ def run(args):
     srv = common.tiny_server(args.build, "easel-kill9-",
                              ["--workers", "2", "--queue-max", "100000", "--retention", "0",
                               "--no-calibrate", "--shutdown-grace", "1s"])
-    tr, stop = Tracker(), threading.Event()
+    tr, stop = common.Tracker(), threading.Event()
     srv.start()
     threads = [threading.Thread(target=submitter, args=(srv, tr, stop, args.seed * 10 + i))
                for i in range(2)]
@@ -191,6 +151,9 @@ def run(args):
         for t in threads:
             t.join()
     problems, statuses, reasons = final_check(srv, tr, args.wait)
+    st, h = common.get_json(srv.port, "/healthz")
+    if st != 200 or not h or h.get("workers_live") != 2:  # every worker still there
+        problems.append(f"healthz after the run: {st} {h}")
     srv.stop_checked(problems, "the final graceful stop")
     dp, rows = common.data_dir_problems(srv.data_dir)
     problems += dp

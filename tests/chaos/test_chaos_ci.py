@@ -155,6 +155,7 @@ def full_disk_checks(s, images):
     j = wait_job(s, jid)
     assert j["status"] == "failed", j
     assert "No space left on device" in j["error"] and "writing" in j["error"], j
+    assert os.path.dirname(images) not in j["error"] and "/tmp" not in j["error"], j  # no paths
     left = os.listdir(images)
     assert not [n for n in left if jid in n or ".tmp" in n], left
     assert s.alive() and common.request(s.port, "GET", "/healthz")[0] == 200
@@ -175,9 +176,95 @@ def test_full_disk_tmpfs(exe, model, tmp_path, servers):
 
 def test_full_disk_injected(fault_exe, model, tmp_path, servers):
     data = tmp_path / "data"
+    # a first start makes what a data dir keeps once (the URL and webhook keys), so the
+    # faulty start writes only its two writability probes before every write fails
+    start(servers, fault_exe, model, data, ["--no-calibrate"]).stop()
     s = start(servers, fault_exe, model, data, ["--no-calibrate"],
-              env={"EASEL_FAULT": "write:1+"})
+              env={"EASEL_FAULT": "write:3+"})  # writes 1-2: the start-up writability probes
     full_disk_checks(s, str(data / "images"))
+
+
+def fill(path, chunk=1 << 16):
+    """Writes into path until the file system is full; returns the file. Unbuffered: a
+    buffered file keeps the part of the last chunk that did not fit and raises ENOSPC when
+    it is closed (whether it does depends on the free space modulo the chunk)."""
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * chunk)
+                f.flush()
+        except OSError:
+            pass
+    return path
+
+
+def test_store_full_disk_degraded_then_recovers(exe, model, tmp_path, servers):
+    """The whole data dir on a small tmpfs: when it fills, the store cannot
+    commit. Nothing may change in memory that the database did not take:
+    a cancel and a submit get 503 (not a fake success), health says degraded,
+    the running job keeps its state; freed space heals it without a restart,
+    and a restart shows what the API showed."""
+    data = tmp_path / "data"
+    if not mount_tmpfs(str(data), "4m"):
+        pytest.skip("cannot mount a tmpfs here (needs root); the C test covers a failing store")
+    try:
+        s = start(servers, exe, model, data, ["--no-calibrate", "--workers", "1"])
+        st, _, body = common.request(s.port, "POST", "/v1/jobs",
+                                     body={"prompt": "slow", "width": 512, "height": 512,
+                                           "steps": 150})
+        jid = json.loads(body)["id"]
+        deadline = time.time() + 30
+        while common.get_json(s.port, f"/v1/jobs/{jid}")[1]["status"] != "processing":
+            assert time.time() < deadline
+            time.sleep(0.02)
+        filler = fill(str(data / "filler"))
+        st, h, body = common.request(s.port, "POST", f"/v1/jobs/{jid}/cancel")
+        assert st == 503 and h.get("retry-after"), (st, body)
+        assert json.loads(body)["error"]["code"] == "store_unavailable"
+        st, h, body = common.request(s.port, "POST", "/v1/jobs", body={"prompt": "x"})
+        assert st == 503 and h.get("retry-after"), (st, body)
+        st, hz = common.get_json(s.port, "/healthz")
+        assert st == 503 and hz["status"] == "degraded" and not hz["store_ok"], hz
+        assert any("cannot write" in p for p in hz["problems"]), hz
+        assert common.get_json(s.port, f"/v1/jobs/{jid}")[1]["status"] == "processing"
+        os.unlink(filler)  # space returns: no restart needed
+        deadline = time.time() + 10
+        while common.get_json(s.port, "/healthz")[0] != 200:
+            assert time.time() < deadline, "still degraded after the space returned"
+            time.sleep(0.1)
+        st, _, body = common.request(s.port, "POST", f"/v1/jobs/{jid}/cancel")
+        assert st == 200, body
+        j = wait_job(s, jid)
+        assert j["status"] == "canceled", j
+        ok = wait_job(s, submit(s))
+        assert ok["status"] == "completed", ok
+        s.stop()
+        s = start(servers, exe, model, data, ["--no-calibrate"])
+        assert common.get_json(s.port, f"/v1/jobs/{jid}")[1]["status"] == "canceled"
+        assert common.get_json(s.port, f"/v1/jobs/{ok['id']}")[1]["status"] == "completed"
+        s.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_unwritable_data_dir_exit_2_before_the_model(exe, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    r = subprocess.run([exe, "serve", "--model", str(tmp_path / "no-such-model"), "--port", "0",
+                        "--data-dir", str(blocker / "data"), "--no-calibrate"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-500:]
+    assert f"data dir {blocker / 'data'}" in r.stderr and "no-such-model" not in r.stderr, r.stderr
+    ro = tmp_path / "ro"
+    if mount_tmpfs(str(ro), "1m"):
+        try:
+            subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+            r = subprocess.run([exe, "serve", "--model", str(tmp_path / "no-such-model"),
+                                "--port", "0", "--data-dir", str(ro), "--no-calibrate"],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and f"data dir {ro} is not writable" in r.stderr, r.stderr
+        finally:
+            subprocess.run(["umount", "-l", str(ro)], capture_output=True)
 
 
 def serve_exit(exe, model, tmp_path):

@@ -25,9 +25,8 @@ static int same(const job_params *a, const job_params *b) {
 static void accepted(const job_params *p) {
     const char *field = NULL;
     gen_params g;
-    if (!p->prompt || params_check(p, &field)) abort();
     params_to_gen(p, &g);
-    if (gen_params_validate(&g, &field)) abort();
+    if (!p->prompt || gen_params_validate(&g, &field)) abort();
     cJSON *j = params_to_json(p);
     char *text = j ? cJSON_PrintUnformatted(j) : NULL;
     cJSON_Delete(j);
@@ -48,23 +47,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!text) return 0;
     memcpy(text, data, size);
     text[size] = 0;
-    params_defaults d = {512, 512, 20, 7.5f};
+    params_policy d;
+    params_policy_default(&d);
+    d.max_pixels = 1 << 20, d.max_steps = 100;
     cJSON *obj = cJSON_ParseWithLength(text, size);
     for (int allow = 0; allow < 2; allow++) {
         job_params p;
         const char *field = (const char *)1;
         easel_err e = params_parse(obj, &d, allow, &p, &field);
-        if (e == EASEL_OK)
+        if (e == EASEL_OK) {
             accepted(&p);
-        else if (e != EASEL_ENOMEM &&
-                 (e != EASEL_EINVAL || !field || p.prompt || p.negative_prompt))
+            if ((int64_t)p.width * p.height > d.max_pixels || p.steps > d.max_steps) abort();
+        } else if (e != EASEL_ENOMEM &&
+                   (e != EASEL_EINVAL || !field || p.prompt || p.negative_prompt))
             abort();
         params_clear(&p);
     }
     cJSON_Delete(obj);
     job_params s;
     if (params_from_text(text, &s) == EASEL_OK) {
-        if (!s.prompt || params_check(&s, &(const char *){NULL})) abort();
+        gen_params g;
+        params_to_gen(&s, &g);
+        if (!s.prompt || gen_params_validate(&g, &(const char *){NULL})) abort();
     } else if (s.prompt || s.negative_prompt) {
         abort();
     }

@@ -463,9 +463,11 @@ def test_413_chunked_body_without_length(server):
 
 def test_per_ip_limit_and_idle_timeout(make_server):
     import socket
-    s = make_server(["--per-ip-limit", "4", "--conn-timeout", "1s"])
+    # a 3 s timeout and 0.5 s of settling: on a loaded machine the server may accept the
+    # idle four late, and with 1 s one of them timed out before the fifth arrived
+    s = make_server(["--per-ip-limit", "4", "--conn-timeout", "3s"])
     idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
-    time.sleep(0.2)
+    time.sleep(0.5)
     extra = socket.create_connection(("127.0.0.1", s.port))
     extra.settimeout(5)
     extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -475,7 +477,7 @@ def test_per_ip_limit_and_idle_timeout(make_server):
         got = b""
     assert got == b"", got  # the 5th connection from this address is closed unanswered
     extra.close()
-    time.sleep(1.8)  # idle connections time out after 1 s
+    time.sleep(3.5)  # idle connections time out after 3 s
     for c in idle:
         c.settimeout(5)
         try:
