@@ -9,6 +9,10 @@
 int bench_ops(int argc, char **argv);
 int bench_pipeline(int argc, char **argv); /* bench_pipeline.c */
 int bench_http(int argc, char **argv);     /* bench_http.c */
+int bench_queue(int argc, char **argv);    /* bench_queue.c */
+int bench_taesd(int argc, char **argv);    /* bench_taesd.c */
+int bench_lora(int argc, char **argv);     /* bench_lora.c */
+int bench_img2img(int argc, char **argv);  /* bench_img2img.c */
 
 /* Monotonic wall time in seconds. */
 double bench_now(void);

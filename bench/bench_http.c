@@ -17,15 +17,19 @@
 #include <cjson/cJSON.h>
 
 #include "bench/bench.h"
+#include "engine/opts.h"
+#include "../cli/version.h"
 
 extern char **environ;
 
 #define BH_MAX_TARGETS 4
+#define BH_MAX_TARGETS_STR "4"
 #define BH_BUF 65536
 
 typedef struct {
     const char *name, *url, *api; /* api: "v1" or "compat" */
     int is_peer;                  /* given with --peer: the others' ratios are against it */
+    char *spec;                   /* the option's copy that name/url/api point into */
 } bh_target;
 
 typedef struct {
@@ -304,22 +308,6 @@ static int bh_polls(const bh_opts *o, const bh_target *t, bh_result *r) {
 
 /* ---- options, report ---- */
 
-static void bh_usage(FILE *f) {
-    fprintf(f,
-            "usage: easel bench http --target NAME=URL[,API] [--peer NAME=URL[,API]] [options]\n"
-            "  --target NAME=URL[,v1|compat]  a running service; API v1 (/v1/jobs) or compat\n"
-            "                      (/generate-concept + /image-status, the seed's); up to %d\n"
-            "  --peer NAME=URL[,API]  likewise, and the others' ratios are against it\n"
-            "  --starts N          sequential job starts timed (200)\n"
-            "  --duration S        wrk seconds per poll run (5)\n"
-            "  --connections N     wrk keep-alive connections (32)\n"
-            "  --threads N         wrk threads (1: the server keeps the other core)\n"
-            "  --no-cancel         leave the started jobs queued\n"
-            "  --wrk PATH          (wrk)\n"
-            "  --json FILE         machine-readable results\n",
-            BH_MAX_TARGETS);
-}
-
 static int bh_add_target(bh_opts *o, char *spec, int is_peer) {
     char *eq = strchr(spec, '='), *comma;
     if (!eq || o->n == BH_MAX_TARGETS) return -1;
@@ -338,39 +326,90 @@ static int bh_add_target(bh_opts *o, char *spec, int is_peer) {
     return 0;
 }
 
+typedef struct {
+    bh_opts *o;
+    int is_peer;
+} bh_target_ctx;
+
+static const char *bh_target_opt(void *ctx, const char *v) {
+    bh_target_ctx *c = ctx;
+    char *copy = strdup(v); /* names point into it for the whole run */
+    if (!copy) return "out of memory";
+    if (bh_add_target(c->o, copy, c->is_peer)) {
+        free(copy);
+        return "must be NAME=URL[,v1|compat] (at most " BH_MAX_TARGETS_STR " in all)";
+    }
+    c->o->t[c->o->n - 1].spec = copy;
+    return NULL;
+}
+
 static int bh_parse(int argc, char **argv, bh_opts *o) {
     *o = (bh_opts){
         .starts = 200, .duration = 5, .connections = 32, .threads = 1, .cancel = 1, .wrk = "wrk"};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return bh_usage(stdout), 1;
-        if (!strcmp(a, "--no-cancel")) {
-            o->cancel = 0;
-            continue;
-        }
-        if (!v) return fprintf(stderr, "bench http: %s needs a value (or is unknown)\n", a), 2;
-        i++;
-        if (!strcmp(a, "--target") || !strcmp(a, "--peer")) {
-            if (bh_add_target(o, v, a[2] == 'p'))
-                return fprintf(stderr, "bench http: bad %s %s\n", a, v), 2;
-        } else if (!strcmp(a, "--starts"))
-            o->starts = atoi(v);
-        else if (!strcmp(a, "--duration"))
-            o->duration = atoi(v);
-        else if (!strcmp(a, "--connections"))
-            o->connections = atoi(v);
-        else if (!strcmp(a, "--threads"))
-            o->threads = atoi(v);
-        else if (!strcmp(a, "--wrk"))
-            o->wrk = v;
-        else if (!strcmp(a, "--json"))
-            o->json = v;
-        else
-            return fprintf(stderr, "bench http: unknown option %s\n", a), 2;
-    }
-    if (!o->n || o->starts < 1 || o->duration < 1 || o->connections < 1 || o->threads < 1) {
-        bh_usage(stderr);
+    int no_cancel = 0;
+    bh_target_ctx tc = {o, 0}, pc = {o, 1};
+    const opt_spec specs[] = {
+        {.name = "target",
+         .kind = OPT_CALL,
+         .call = bh_target_opt,
+         .ctx = &tc,
+         .metavar = "NAME=URL[,API]",
+         .flags = OPT_REPEAT,
+         .help = "a running service; API v1 (/v1/jobs) or compat (the seed's routes)"},
+        {.name = "peer",
+         .kind = OPT_CALL,
+         .call = bh_target_opt,
+         .ctx = &pc,
+         .metavar = "NAME=URL[,API]",
+         .flags = OPT_REPEAT,
+         .help = "likewise, and the others' ratios are against it"},
+        {.name = "starts",
+         .kind = OPT_INT,
+         .dst = &o->starts,
+         .lo = 1,
+         .hi = 1000000,
+         .metavar = "N",
+         .help = "sequential job starts timed (200)"},
+        {.name = "duration",
+         .kind = OPT_INT,
+         .dst = &o->duration,
+         .lo = 1,
+         .hi = 86400,
+         .metavar = "S",
+         .help = "wrk seconds per poll run (5)"},
+        {.name = "connections",
+         .kind = OPT_INT,
+         .dst = &o->connections,
+         .lo = 1,
+         .hi = 100000,
+         .metavar = "N",
+         .help = "wrk keep-alive connections (32)"},
+        {.name = "threads",
+         .kind = OPT_INT,
+         .dst = &o->threads,
+         .lo = 1,
+         .hi = 256,
+         .metavar = "N",
+         .help = "wrk threads (1: the server keeps the other core)"},
+        {.name = "no-cancel",
+         .kind = OPT_FLAG,
+         .dst = &no_cancel,
+         .help = "leave the started jobs queued"},
+        {.name = "wrk", .kind = OPT_STRING, .dst = &o->wrk, .metavar = "PATH", .help = "(wrk)"},
+        {.name = "json",
+         .kind = OPT_STRING,
+         .dst = &o->json,
+         .metavar = "FILE",
+         .help = "machine-readable results"},
+        {0}};
+    const opts_cmd cmd = {.name = "easel bench http",
+                          .synopsis = "--target NAME=URL[,API] [--peer NAME=URL[,API]] [options]",
+                          .specs = specs};
+    int r = opts_parse(&cmd, argc, argv);
+    if (r) return r;
+    if (no_cancel) o->cancel = 0;
+    if (!o->n) {
+        fprintf(stderr, "easel bench http: give at least one --target\n");
         return 2;
     }
     return 0;
@@ -426,7 +465,11 @@ int bench_http(int argc, char **argv) {
     bh_opts o;
     bh_result r[BH_MAX_TARGETS] = {0};
     int rc = bh_parse(argc, argv, &o);
-    if (rc) return rc == 1 ? 0 : rc;
+    if (rc) {
+        for (int i = 0; i < o.n; i++)
+            free(o.t[i].spec);
+        return rc == 1 ? 0 : rc;
+    }
     int failed = 0;
     for (int i = 0; i < o.n; i++) {
         if (bh_starts(&o, &o.t[i], &r[i]) || bh_polls(&o, &o.t[i], &r[i])) failed = 1;
@@ -452,5 +495,7 @@ int bench_http(int argc, char **argv) {
         free(text);
     }
     cJSON_Delete(root);
+    for (int i = 0; i < o.n; i++)
+        free(o.t[i].spec);
     return failed;
 }

@@ -1,14 +1,19 @@
 /* `easel bench ops`: the CPU backend's ops at Stable Diffusion 1.5 shapes
  * (CFG batch 2, 512² and 256²), median wall time over repeats after a
- * warm-up, as GFLOP/s (GEMM-like ops, with the ratio to the raw OpenBLAS
- * sgemm rate measured first) or GB/s (memory-bound ops, minimum traffic). */
+ * warm-up, as GFLOP/s (GEMM-like ops, with the ratio to the raw GEMM rate of
+ * the library the precision uses, measured first: OpenBLAS sgemm for fp32,
+ * oneDNN's bf16 matmul for bf16; oneDNN's f32 matmul is listed too) or GB/s
+ * (memory-bound ops, minimum traffic). With --precision bf16 the linear and
+ * conv weights are bf16, as the loader stores them. */
 #include <cblas.h>
+#include <dnnl.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "../engine/backend.h"
+#include "../engine/opts.h"
 #include "bench.h"
 
 typedef enum { OP_CONV, OP_LINEAR, OP_ATTN, OP_GN, OP_LN, OP_GEGLU, OP_SOFTMAX } op_kind;
@@ -30,9 +35,10 @@ typedef struct {
 typedef struct {
     backend *be;
     int threads, quick, max_reps;
-    double budget_s;    /* per measurement */
-    double sgemm;       /* GFLOP/s, OpenBLAS threaded */
-    const char *filter; /* only ops whose name or shape contains it */
+    double budget_s;            /* per measurement */
+    double sgemm;               /* GFLOP/s: the raw GEMM of this precision, threaded */
+    double dnnl_f32, dnnl_bf16; /* oneDNN's raw f32 / bf16 matmul, threaded (0: n/a) */
+    const char *filter;         /* only ops whose name or shape contains it */
     result res[64];
     int nres;
 } bctx;
@@ -50,10 +56,11 @@ static float rnd(void) {
     return (float)((rng_state >> 40) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
 }
 
-static easel_err new_tensor(backend *be, tensor *t, int ndim, int64_t a, int64_t b, int64_t c,
-                            int64_t d) {
+/* A tensor of random values in [-0.5, 0.5), of dtype dt. */
+static easel_err new_tensor_dt(backend *be, tensor *t, dtype dt, int ndim, int64_t a, int64_t b,
+                               int64_t c, int64_t d) {
     int64_t ne[4] = {a, b, c, d};
-    easel_err e = backend_tensor_alloc(be, t, be->act_dtype, ndim, ne);
+    easel_err e = backend_tensor_alloc(be, t, dt, ndim, ne);
     if (e) return e;
     int64_t n = tensor_nelem(t);
     float *h = malloc((size_t)n * sizeof(float));
@@ -63,6 +70,11 @@ static easel_err new_tensor(backend *be, tensor *t, int ndim, int64_t a, int64_t
     e = be->upload(be, t, h);
     free(h);
     return e;
+}
+
+static easel_err new_tensor(backend *be, tensor *t, int ndim, int64_t a, int64_t b, int64_t c,
+                            int64_t d) {
+    return new_tensor_dt(be, t, be->act_dtype, ndim, a, b, c, d);
 }
 
 static easel_err call_op(backend *be, op_call *c) {
@@ -99,7 +111,7 @@ static easel_err make_call(backend *be, const op_spec *s, op_call *c, char *shap
                 Wo = (d[2] + 2 * p - k) / st + 1;
         c->i1 = (int)st, c->i2 = (int)p;
         if (!e) e = new_tensor(be, &t[1], 4, d[0], d[1], d[2], d[3]);
-        if (!e) e = new_tensor(be, &t[2], 4, d[4], k, k, d[3]);
+        if (!e) e = new_tensor_dt(be, &t[2], be->weight_dtype, 4, d[4], k, k, d[3]);
         if (!e) e = new_tensor(be, &t[3], 1, d[4], 1, 1, 1);
         if (!e) e = new_tensor(be, &t[0], 4, d[0], Ho, Wo, d[4]);
         c->work = 2.0 * d[0] * Ho * Wo * d[4] * k * k * d[3];
@@ -109,7 +121,7 @@ static easel_err make_call(backend *be, const op_spec *s, op_call *c, char *shap
     }
     case OP_LINEAR: /* rows, K, N */
         if (!e) e = new_tensor(be, &t[1], 2, d[0], d[1], 1, 1);
-        if (!e) e = new_tensor(be, &t[2], 2, d[2], d[1], 1, 1);
+        if (!e) e = new_tensor_dt(be, &t[2], be->weight_dtype, 2, d[2], d[1], 1, 1);
         if (!e) e = new_tensor(be, &t[3], 1, d[2], 1, 1, 1);
         if (!e) e = new_tensor(be, &t[0], 2, d[0], d[2], 1, 1);
         c->work = 2.0 * d[0] * d[1] * d[2];
@@ -184,10 +196,10 @@ static void add_result(bctx *b, const char *name, const char *shape, double s, d
     snprintf(r->shape, sizeof r->shape, "%s", shape);
     r->ms = s * 1e3, r->cpu_ms = cpu * 1e3, r->rate = rate, r->gemm = gemm;
     if (gemm)
-        printf("%-16s %-28s %9.2f %9.2f %8.1f GFLOP/s %5.0f%%\n", name, shape, r->ms, r->cpu_ms,
+        printf("%-18s %-28s %9.2f %9.2f %8.1f GFLOP/s %5.0f%%\n", name, shape, r->ms, r->cpu_ms,
                rate, 100.0 * rate / b->sgemm);
     else
-        printf("%-16s %-28s %9.2f %9.2f %8.1f GB/s\n", name, shape, r->ms, r->cpu_ms, rate);
+        printf("%-18s %-28s %9.2f %9.2f %8.1f GB/s\n", name, shape, r->ms, r->cpu_ms, rate);
     fflush(stdout);
 }
 
@@ -218,6 +230,62 @@ static double sgemm_rate(bctx *b, int n, int threads, double *cpu) {
     openblas_set_num_threads(prev);
     free(A), free(B), free(C);
     return 2.0 * n * n * (double)n / bench_median(t, k) / 1e9;
+}
+
+/* oneDNN's raw matmul n³ (C = A·Bᵀ, B stored [N,K] as the backend's weights)
+ * in f32 or bf16 (f32 C) with `threads` OpenMP threads; 0 when oneDNN cannot
+ * (no bf16 on this CPU) or fails. */
+void omp_set_num_threads(int n); /* libgomp, oneDNN's runtime (see CMakeLists.txt) */
+
+static double dnnl_rate(bctx *b, int n, int bf16, int threads, double *cpu) {
+    unsigned bfisa = dnnl_cpu_isa_avx512_core_bf16;
+    if (bf16 && ((unsigned)dnnl_get_effective_cpu_isa() & bfisa) != bfisa) return 0;
+    dnnl_data_type_t dt = bf16 ? dnnl_bf16 : dnnl_f32;
+    size_t es = bf16 ? 2 : 4, sz = (size_t)n * n;
+    void *A = calloc(sz, es), *B = calloc(sz, es), *C = calloc(sz, 4);
+    dnnl_engine_t eng = NULL;
+    dnnl_stream_t st = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_t prim = NULL;
+    dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
+    double rate = 0;
+    dnnl_memory_desc_t ad, bd, cd;
+    dnnl_dims_t dims = {n, n}, bs = {1, n};
+    dnnl_matmul_desc_t md;
+    omp_set_num_threads(threads);
+    if (!A || !B || !C || dnnl_engine_create(&eng, dnnl_cpu, 0) ||
+        dnnl_stream_create(&st, eng, dnnl_stream_default_flags) ||
+        dnnl_memory_desc_init_by_tag(&ad, 2, dims, dt, dnnl_ab) ||
+        dnnl_memory_desc_init_by_strides(&bd, 2, dims, dt, bs) ||
+        dnnl_memory_desc_init_by_tag(&cd, 2, dims, dnnl_f32, dnnl_ab) ||
+        dnnl_matmul_desc_init(&md, &ad, &bd, NULL, &cd) ||
+        dnnl_primitive_desc_create(&pd, &md, NULL, eng, NULL) || dnnl_primitive_create(&prim, pd) ||
+        dnnl_memory_create(&ma, &ad, eng, A) || dnnl_memory_create(&mb, &bd, eng, B) ||
+        dnnl_memory_create(&mc, &cd, eng, C))
+        goto done;
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma}, {DNNL_ARG_WEIGHTS, mb}, {DNNL_ARG_DST, mc}};
+    double t[16], u[16];
+    int k = 0;
+    if (dnnl_primitive_execute(prim, st, 3, args) || dnnl_stream_wait(st)) goto done;
+    double start = bench_now();
+    while (k < b->max_reps && k < 16 && (k < 3 || bench_now() - start < b->budget_s)) {
+        double t0 = bench_now(), u0 = cpu_now();
+        if (dnnl_primitive_execute(prim, st, 3, args) || dnnl_stream_wait(st)) goto done;
+        t[k] = bench_now() - t0, u[k] = cpu_now() - u0;
+        k++;
+    }
+    *cpu = bench_median(u, k);
+    rate = 2.0 * n * n * (double)n / bench_median(t, k) / 1e9;
+done:
+    if (ma) dnnl_memory_destroy(ma);
+    if (mb) dnnl_memory_destroy(mb);
+    if (mc) dnnl_memory_destroy(mc);
+    if (prim) dnnl_primitive_destroy(prim);
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (st) dnnl_stream_destroy(st);
+    if (eng) dnnl_engine_destroy(eng);
+    free(A), free(B), free(C);
+    return rate;
 }
 
 static const op_spec full_specs[] = {
@@ -283,7 +351,10 @@ static int write_json(const bctx *b, const char *path) {
     bench_json_str(f, openblas_get_corename());
     fprintf(f, ",\n  \"openblas_coretype_env\": ");
     bench_json_str(f, ct ? ct : "");
-    fprintf(f, ",\n  \"sgemm_gflops\": %.2f,\n  \"results\": [\n", b->sgemm);
+    fprintf(f, ",\n  \"precision\": \"%s\"", backend_precision_name(backend_cpu_precision(b->be)));
+    fprintf(f, ",\n  \"raw_gemm_gflops\": %.2f,\n  \"dnnl_f32_gflops\": %.2f", b->sgemm,
+            b->dnnl_f32);
+    fprintf(f, ",\n  \"dnnl_bf16_gflops\": %.2f,\n  \"results\": [\n", b->dnnl_bf16);
     for (int i = 0; i < b->nres; i++) {
         const result *r = &b->res[i];
         fprintf(f, "    {\"op\": ");
@@ -292,20 +363,11 @@ static int write_json(const bctx *b, const char *path) {
         bench_json_str(f, r->shape);
         fprintf(f, ", \"ms\": %.4f, \"cpu_ms\": %.4f, \"%s\": %.2f", r->ms, r->cpu_ms,
                 r->gemm ? "gflops" : "gbps", r->rate);
-        if (r->gemm) fprintf(f, ", \"vs_sgemm\": %.3f", r->rate / b->sgemm);
+        if (r->gemm) fprintf(f, ", \"vs_raw\": %.3f", r->rate / b->sgemm);
         fprintf(f, "}%s\n", i + 1 < b->nres ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     return fclose(f) ? 1 : 0;
-}
-
-static int usage(FILE *f) {
-    fprintf(f, "usage: easel bench ops [--threads N] [--quick] [--json FILE] [--filter STR]\n"
-               "  --threads N  backend threads (default: $EASEL_THREADS or all cores)\n"
-               "  --quick      a few small shapes (CI smoke)\n"
-               "  --json FILE  also write the results as JSON\n"
-               "  --filter STR only the ops whose name contains STR\n");
-    return f == stdout ? 0 : 2;
 }
 
 static int run_specs(bctx *b, const op_spec *specs, int n) {
@@ -330,45 +392,76 @@ int bench_ops(int argc, char **argv) {
     bctx b;
     memset(&b, 0, sizeof b);
     const char *json = NULL;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) return usage(stdout);
-        if (!strcmp(argv[i], "--quick"))
-            b.quick = 1;
-        else if (!strcmp(argv[i], "--threads") && i + 1 < argc)
-            b.threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--json") && i + 1 < argc)
-            json = argv[++i];
-        else if (!strcmp(argv[i], "--filter") && i + 1 < argc)
-            b.filter = argv[++i];
-        else {
-            fprintf(stderr, "easel bench ops: bad option '%s'\n", argv[i]);
-            return usage(stderr);
-        }
-    }
-    if (b.threads < 0) return usage(stderr);
-    if (!(b.be = backend_cpu_create(b.threads))) {
+    int prec = PREC_AUTO; /* the choices below are in backend_precision's order */
+    const opt_spec specs[] = {
+        {.name = "threads",
+         .kind = OPT_INT,
+         .dst = &b.threads,
+         .lo = 0,
+         .hi = 1024,
+         .metavar = "N",
+         .help = "backend threads (default: all cores)",
+         .flags = OPT_ENV},
+        {.name = "quick",
+         .kind = OPT_FLAG,
+         .dst = &b.quick,
+         .help = "a few small shapes (CI smoke)"},
+        {.name = "json",
+         .kind = OPT_STRING,
+         .dst = &json,
+         .metavar = "FILE",
+         .help = "also write the results as JSON"},
+        {.name = "precision",
+         .kind = OPT_CHOICE,
+         .dst = &prec,
+         .choices = "auto|fp32|bf16",
+         .help = "the CPU backend's (default auto: bf16 where the CPU has it)",
+         .flags = OPT_ENV},
+        {.name = "filter",
+         .kind = OPT_STRING,
+         .dst = &b.filter,
+         .metavar = "STR",
+         .help = "only the ops whose name contains STR"},
+        {0}};
+    const opts_cmd cmd = {.name = "easel bench ops", .specs = specs};
+    int pr = opts_parse(&cmd, argc, argv);
+    if (pr) return pr == 1 ? 0 : 2;
+    if (!(b.be = backend_cpu_create_prec(b.threads, (backend_precision)prec))) {
         fprintf(stderr, "easel bench ops: %s\n", easel_errmsg());
-        return 1;
+        return prec == PREC_BF16 ? 2 : 1; /* bf16 asked of a CPU without it: bad input */
     }
     b.threads = backend_cpu_threads(b.be);
+    int bf16 = backend_cpu_precision(b.be) == PREC_BF16;
     b.max_reps = b.quick ? 3 : 9;
     b.budget_s = b.quick ? 0.05 : 1.0;
     const char *ct = getenv("OPENBLAS_CORETYPE");
-    printf("easel bench ops: backend %s, %d threads; %s (core %s, OPENBLAS_CORETYPE=%s)\n",
-           b.be->name, b.threads, openblas_get_config(), openblas_get_corename(), ct ? ct : "");
-    printf("median of up to %d runs after a warm-up; on a shared machine expect +-15%% noise\n\n",
+    char desc[256];
+    printf("easel bench ops: backend %s, %d threads, %s\n  %s (core %s, OPENBLAS_CORETYPE=%s)\n",
+           b.be->name, b.threads,
+           backend_cpu_describe(backend_cpu_precision(b.be), desc, sizeof desc),
+           openblas_get_config(), openblas_get_corename(), ct ? ct : "");
+    printf("median of up to %d runs after a warm-up; on a shared machine expect +-15%% noise\n",
            b.max_reps);
+    printf("the %% column: the op's rate against the raw %s rate on as many threads\n\n",
+           bf16 ? "oneDNN bf16 matmul" : "OpenBLAS sgemm");
     int n = b.quick ? 1024 : 2048;
-    double cpu1, cpun, one = sgemm_rate(&b, n, 1, &cpu1);
-    b.sgemm = sgemm_rate(&b, n, b.threads, &cpun);
-    printf("%-16s %-28s %9s %9s %8s %-7s %6s\n", "op", "shape", "ms", "cpu-ms", "rate", "",
-           "vs sgemm");
+    double cpu1, cpun, one = sgemm_rate(&b, n, 1, &cpu1), sg = sgemm_rate(&b, n, b.threads, &cpun);
+    double cf = 0, cb = 0;
+    b.dnnl_f32 = dnnl_rate(&b, n, 0, b.threads, &cf);
+    b.dnnl_bf16 = dnnl_rate(&b, n, 1, b.threads, &cb);
+    b.sgemm = bf16 && b.dnnl_bf16 > 0 ? b.dnnl_bf16 : sg;
+    printf("%-18s %-28s %9s %9s %8s %-7s %6s\n", "op", "shape", "ms", "cpu-ms", "rate", "",
+           "vs raw");
     char shape[64];
+    double fl = 2.0 * n * n * (double)n / 1e9;
     snprintf(shape, sizeof shape, "%dx%dx%d, 1 thread", n, n, n);
-    add_result(&b, "sgemm (openblas)", shape, 2.0 * n * n * (double)n / one / 1e9, cpu1, one, 1);
+    add_result(&b, "sgemm (openblas)", shape, fl / one, cpu1, one, 1);
     snprintf(shape, sizeof shape, "%dx%dx%d, %d threads", n, n, n, b.threads);
-    add_result(&b, "sgemm (openblas)", shape, 2.0 * n * n * (double)n / b.sgemm / 1e9, cpun,
-               b.sgemm, 1);
+    add_result(&b, "sgemm (openblas)", shape, fl / sg, cpun, sg, 1);
+    if (b.dnnl_f32 > 0)
+        add_result(&b, "matmul f32 (onednn)", shape, fl / b.dnnl_f32, cf, b.dnnl_f32, 1);
+    if (b.dnnl_bf16 > 0)
+        add_result(&b, "matmul bf16 (onednn)", shape, fl / b.dnnl_bf16, cb, b.dnnl_bf16, 1);
     int rc = b.quick ? run_specs(&b, quick_specs, (int)(sizeof quick_specs / sizeof quick_specs[0]))
                      : run_specs(&b, full_specs, (int)(sizeof full_specs / sizeof full_specs[0]));
     if (!rc && json) rc = write_json(&b, json);

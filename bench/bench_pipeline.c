@@ -9,13 +9,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
 
+#include "../cli/version.h"
 #include "bench/bench.h"
+#include "cli/backends.h"
 #include "engine/backend.h"
 #include "engine/image.h"
+#include "engine/opts.h"
 #include "models/pipeline.h"
 
 extern char **environ;
@@ -25,6 +29,8 @@ extern char **environ;
 typedef struct {
     const char *model, *arch, *device, *json, *prompt, *negative, *splits;
     int width, height, steps, repeats, warmup, threads, throughput_images;
+    int precision; /* backend_precision ("auto|fp32|bf16" is its order) */
+    int decoder;   /* gen_decoder ("vae|taesd" is its order) */
     float guidance;
     sampler_kind sampler;
     uint64_t seed;
@@ -79,19 +85,11 @@ static double bp_peak_rss_mib(void) {
     return kb < 0 ? -1 : kb / 1024.0;
 }
 
-static void bp_usage(FILE *f) {
-    fprintf(f, "usage: easel bench pipeline [--model PATH | --arch tiny|sd15] [options]\n"
-               "  --model PATH        diffusers folder or single .safetensors\n"
-               "  --arch tiny|sd15    without --model: make a random-weight model in a temp dir\n"
-               "  --device cpu|cuda|auto  (cpu)\n"
-               "  --threads N         CPU threads for the latency runs (2)\n"
-               "  --size N | --width W --height H   (256)\n"
-               "  --steps N (2)  --sampler NAME (euler_a)  --guidance G (7.5)  --seed S (42)\n"
-               "  --repeats N (3)  --warmup N (1)\n"
-               "  --splits LIST       concurrent workers x threads for images/s (\"1x2,2x1\"; \"\" "
-               "= skip)\n"
-               "  --throughput-images N  images per worker in the images/s runs (repeats)\n"
-               "  --json FILE         machine-readable results\n");
+static const char *bp_set_sampler(void *ctx, const char *v) {
+    int s = sampler_parse(v);
+    if (s < 0) return "is not a sampler: euler_a, euler, ddim, dpmpp_2m_karras";
+    ((bp_opts *)ctx)->sampler = (sampler_kind)s;
+    return NULL;
 }
 
 static int bp_parse(int argc, char **argv, bp_opts *o) {
@@ -108,66 +106,131 @@ static int bp_parse(int argc, char **argv, bp_opts *o) {
                    .guidance = 7.5f,
                    .sampler = SAMPLER_EULER_A,
                    .seed = 42};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            bp_usage(stdout);
-            return 1;
-        }
-        if (!v) {
-            fprintf(stderr, "bench pipeline: %s needs a value (or is unknown)\n", a);
-            return 2;
-        }
-        i++;
-        if (!strcmp(a, "--model"))
-            o->model = v;
-        else if (!strcmp(a, "--arch"))
-            o->arch = v;
-        else if (!strcmp(a, "--device"))
-            o->device = v;
-        else if (!strcmp(a, "--json"))
-            o->json = v;
-        else if (!strcmp(a, "--prompt"))
-            o->prompt = v;
-        else if (!strcmp(a, "--splits"))
-            o->splits = v;
-        else if (!strcmp(a, "--threads"))
-            o->threads = atoi(v);
-        else if (!strcmp(a, "--size"))
-            o->width = o->height = atoi(v);
-        else if (!strcmp(a, "--width"))
-            o->width = atoi(v);
-        else if (!strcmp(a, "--height"))
-            o->height = atoi(v);
-        else if (!strcmp(a, "--steps"))
-            o->steps = atoi(v);
-        else if (!strcmp(a, "--repeats"))
-            o->repeats = atoi(v);
-        else if (!strcmp(a, "--warmup"))
-            o->warmup = atoi(v);
-        else if (!strcmp(a, "--throughput-images"))
-            o->throughput_images = atoi(v);
-        else if (!strcmp(a, "--guidance"))
-            o->guidance = strtof(v, NULL);
-        else if (!strcmp(a, "--seed"))
-            o->seed = strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--sampler")) {
-            int s = sampler_parse(v);
-            if (s < 0) {
-                fprintf(stderr, "bench pipeline: unknown sampler '%s'\n", v);
-                return 2;
-            }
-            o->sampler = (sampler_kind)s;
-        } else {
-            fprintf(stderr, "bench pipeline: unknown option %s\n", a);
-            return 2;
-        }
-    }
+    int size[2] = {256, 256}, size_given = 0;
+    const opt_spec specs[] = {
+        {.name = "model",
+         .kind = OPT_STRING,
+         .dst = &o->model,
+         .metavar = "PATH",
+         .help = "diffusers folder or single .safetensors"},
+        {.name = "arch",
+         .kind = OPT_STRING,
+         .dst = &o->arch,
+         .metavar = "NAME",
+         .help = "without --model: make a random-weight model (tiny, sd15, ...) in a temp dir"},
+        {.name = "device",
+         .kind = OPT_STRING,
+         .dst = &o->device,
+         .metavar = "cpu|cuda|auto",
+         .help = "(cpu)"},
+        {.name = "precision",
+         .kind = OPT_CHOICE,
+         .dst = &o->precision,
+         .choices = "auto|fp32|bf16",
+         .flags = OPT_ENV,
+         .help = "the CPU backend's (auto: bf16 where the CPU has it)"},
+        {.name = "decoder",
+         .kind = OPT_CHOICE,
+         .dst = &o->decoder,
+         .choices = "vae|taesd",
+         .help = "the final decode: the model's VAE (default) or its taesd/"},
+        {.name = "threads",
+         .kind = OPT_INT,
+         .dst = &o->threads,
+         .lo = 0,
+         .hi = 1024,
+         .metavar = "N",
+         .help = "CPU threads for the latency runs (2; 0 = all cores)"},
+        {.name = "size",
+         .kind = OPT_SIZE,
+         .dst = size,
+         .lo = 8,
+         .hi = 8192,
+         .metavar = "WxH|N",
+         .help = "image size (256)",
+         .given = &size_given},
+        {.name = "width",
+         .kind = OPT_INT,
+         .dst = &o->width,
+         .lo = 8,
+         .hi = 8192,
+         .metavar = "W",
+         .help = "image width"},
+        {.name = "height",
+         .kind = OPT_INT,
+         .dst = &o->height,
+         .lo = 8,
+         .hi = 8192,
+         .metavar = "H",
+         .help = "image height"},
+        {.name = "steps",
+         .kind = OPT_INT,
+         .dst = &o->steps,
+         .lo = 1,
+         .hi = GEN_MAX_STEPS,
+         .metavar = "N",
+         .help = "(2)"},
+        {.name = "sampler",
+         .kind = OPT_CALL,
+         .call = bp_set_sampler,
+         .ctx = o,
+         .metavar = "NAME",
+         .help = "(euler_a)"},
+        {.name = "guidance-scale",
+         .aliases = "guidance",
+         .kind = OPT_FLOAT,
+         .dst = &o->guidance,
+         .lo = 0,
+         .hi = GEN_MAX_GUIDANCE,
+         .metavar = "G",
+         .help = "(7.5)"},
+        {.name = "seed",
+         .kind = OPT_U64,
+         .dst = &o->seed,
+         .lo = 0,
+         .hi = 9007199254740991.0,
+         .metavar = "N",
+         .help = "(42)"},
+        {.name = "prompt", .kind = OPT_STRING, .dst = &o->prompt, .metavar = "TEXT"},
+        {.name = "repeats",
+         .kind = OPT_INT,
+         .dst = &o->repeats,
+         .lo = 1,
+         .hi = 100000,
+         .metavar = "N",
+         .help = "(3)"},
+        {.name = "warmup",
+         .kind = OPT_INT,
+         .dst = &o->warmup,
+         .lo = 0,
+         .hi = 100000,
+         .metavar = "N",
+         .help = "(1)"},
+        {.name = "splits",
+         .kind = OPT_STRING,
+         .dst = &o->splits,
+         .metavar = "LIST",
+         .help = "concurrent workers x threads for images/s (\"1x2,2x1\"; \"\" = skip)"},
+        {.name = "throughput-images",
+         .kind = OPT_INT,
+         .dst = &o->throughput_images,
+         .lo = 1,
+         .hi = 100000,
+         .metavar = "N",
+         .help = "images per worker in the images/s runs (repeats)"},
+        {.name = "json",
+         .kind = OPT_STRING,
+         .dst = &o->json,
+         .metavar = "FILE",
+         .help = "machine-readable results"},
+        {0}};
+    const opts_cmd cmd = {.name = "easel bench pipeline",
+                          .synopsis = "[--model PATH | --arch NAME] [options]",
+                          .specs = specs};
+    int r = opts_parse(&cmd, argc, argv);
+    if (r) return r;
+    if (size_given) o->width = size[0], o->height = size[1];
     if (!o->model && !o->arch) o->arch = "tiny";
-    if (o->repeats < 1 || o->warmup < 0 || o->threads < 0) {
-        fprintf(stderr, "bench pipeline: --repeats >= 1, --warmup >= 0, --threads >= 0\n");
-        return 2;
-    }
     if (o->throughput_images < 1) o->throughput_images = o->repeats;
     return 0;
 }
@@ -199,8 +262,8 @@ static int bp_make_model(const char *arch, char *dir, size_t dirlen, char *model
     return 0;
 }
 
-static backend *bp_backend(const char *device, int threads) {
-    return backend_auto_create(device, threads);
+static backend *bp_backend(const bp_opts *o, int threads) {
+    return backend_create(o->device, threads, (backend_precision)o->precision);
 }
 
 static void bp_params(const bp_opts *o, gen_params *p, uint64_t seed) {
@@ -212,33 +275,54 @@ static void bp_params(const bp_opts *o, gen_params *p, uint64_t seed) {
     p->steps = o->steps;
     p->guidance = o->guidance;
     p->sampler = o->sampler;
+    p->decoder = (gen_decoder)o->decoder;
     p->seed = seed;
 }
 
+/* Process CPU time (all threads), in ms: on a machine others share, the
+ * core-seconds a stage used says more than its wall time. */
+static double bp_cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + 1e-6 * (double)ts.tv_nsec;
+}
+
 typedef struct {
-    bp_series *steps; /* NULL: not recording */
+    bp_series *steps, *cpu_steps; /* NULL: not recording */
+    double last_cpu;              /* CPU ms at the previous step's end (< 0: none yet) */
 } bp_progress_ctx;
 
 static int bp_progress(void *user, int step, int steps, double step_ms) {
     bp_progress_ctx *c = user;
     (void)step, (void)steps;
+    double now = bp_cpu_ms();
     if (c->steps) bp_push(c->steps, step_ms);
+    /* a step's CPU from the previous step's end: the first step's includes the encode */
+    if (c->cpu_steps && c->last_cpu >= 0) bp_push(c->cpu_steps, now - c->last_cpu);
+    c->last_cpu = now;
     return 0;
 }
 
-/* One generation + PNG encode; records into stages[] and step times when record. */
-static easel_err bp_run_once(sd_worker *w, const gen_params *p, bp_series *stages,
-                             bp_series *steps) {
-    bp_progress_ctx pc = {steps};
+/* One generation + PNG encode; records into stages[], step times, the CPU
+ * ms of steps, of the decode and of the whole run (cpu[0], cpu[1], cpu[2])
+ * and the worker's peak arena bytes (*worker_peak) when record. */
+static easel_err bp_run_once(sd_worker *w, const gen_params *p, bp_series *stages, bp_series *steps,
+                             bp_series *cpu, double *worker_peak) {
+    bp_progress_ctx pc = {steps, cpu, -1};
     uint8_t *rgb = NULL, *png = NULL;
     size_t png_len = 0;
     gen_timings t = {0};
+    double c0 = bp_cpu_ms();
     double t0 = bp_now_ms();
     easel_err e = sd_generate(w, p, bp_progress, &pc, &rgb, &t);
     if (e) return e;
+    if (cpu && pc.last_cpu >= 0) bp_push(&cpu[1], bp_cpu_ms() - pc.last_cpu); /* the decode */
     double t1 = bp_now_ms();
     e = image_encode_png(rgb, p->width, p->height, &png, &png_len);
     double t2 = bp_now_ms();
+    if (cpu) bp_push(&cpu[2], bp_cpu_ms() - c0);
+    if (worker_peak && (double)t.worker_peak_bytes > *worker_peak)
+        *worker_peak = (double)t.worker_peak_bytes;
     free(rgb);
     free(png);
     if (e) return e;
@@ -267,11 +351,11 @@ static void *bp_thread_main(void *arg) {
     bp_thread *t = arg;
     gen_params p;
     bp_params(t->o, &p, t->o->seed + 1000u * (uint64_t)t->index);
-    t->err = bp_run_once(t->w, &p, NULL, NULL); /* warm-up, outside the timed window */
+    t->err = bp_run_once(t->w, &p, NULL, NULL, NULL, NULL); /* warm-up, outside the timing */
     pthread_barrier_wait(t->start);
     for (int i = 0; i < t->o->throughput_images && !t->err; i++) {
         p.seed++;
-        t->err = bp_run_once(t->w, &p, NULL, NULL);
+        t->err = bp_run_once(t->w, &p, NULL, NULL, NULL, NULL);
     }
     if (t->err) snprintf(t->msg, sizeof t->msg, "%s", easel_errmsg());
     return NULL;
@@ -285,7 +369,7 @@ static void bp_split_run(sd_model *m, const bp_opts *o, bp_split *s) {
     pthread_barrier_t start;
     int started = 0;
     for (int i = 0; i < s->workers; i++) {
-        be[i] = bp_backend(o->device, s->threads);
+        be[i] = bp_backend(o, s->threads);
         if (!be[i] || sd_worker_create(m, be[i], &w[i])) {
             snprintf(s->error, sizeof s->error, "worker %d: %s", i, easel_errmsg());
             goto done;
@@ -359,27 +443,33 @@ static void bp_print_row(const char *name, bp_series *s) {
 
 typedef struct {
     const bp_opts *o;
-    const char *arch;
+    const char *arch, *precision; /* what the latency backend computes in */
     double load_ms, weight_mib, rss_latency_mib, rss_end_mib;
-    bp_series *stages, *steps;
+    double worker_peak;              /* the latency worker's peak arena bytes */
+    bp_series *stages, *steps, *cpu; /* cpu: CPU ms per UNet step, per decode, per run */
     bp_split *splits;
     int nsplits;
 } bp_report;
 
 static void bp_print(const bp_report *r) {
     const bp_opts *o = r->o;
-    printf("easel bench pipeline: %s on %s (%d threads), %dx%d, %d steps, %s, guidance %.1f, "
-           "%d repeats (+%d warm-up)\n",
-           r->arch, o->device, o->threads, o->width, o->height, o->steps, sampler_name(o->sampler),
-           o->guidance, o->repeats, o->warmup);
+    printf("easel bench pipeline: %s on %s %s (%d threads), %dx%d, %d steps, %s, guidance %.1f, "
+           "decoder %s, %d repeats (+%d warm-up)\n",
+           r->arch, o->device, r->precision, o->threads, o->width, o->height, o->steps,
+           sampler_name(o->sampler), o->guidance, gen_decoder_name((gen_decoder)o->decoder),
+           o->repeats, o->warmup);
     printf("  load %.0f ms, weights %.0f MiB\n", r->load_ms, r->weight_mib);
     printf("  %-18s %10s %10s %10s\n", "stage (ms)", "median", "min", "max");
     for (int i = 0; i < ST_COUNT; i++) {
         if (i == ST_SAMPLE) bp_print_row("unet step", r->steps);
+        if (i == ST_SAMPLE && r->cpu[0].n) bp_print_row("unet step cpu", &r->cpu[0]);
+        if (i == ST_PNG && r->cpu[1].n) bp_print_row("decode cpu", &r->cpu[1]);
         bp_print_row(st_names[i], &r->stages[i]);
     }
-    printf("  peak RSS: %.0f MiB after the latency runs, %.0f MiB at the end\n", r->rss_latency_mib,
-           r->rss_end_mib);
+    if (r->cpu[2].n) bp_print_row("end_to_end cpu", &r->cpu[2]);
+    printf("  peak RSS: %.0f MiB after the latency runs, %.0f MiB at the end; worker memory "
+           "(arena peak) %.0f MiB\n",
+           r->rss_latency_mib, r->rss_end_mib, r->worker_peak / (1024.0 * 1024.0));
     for (int i = 0; i < r->nsplits; i++) {
         const bp_split *s = &r->splits[i];
         if (s->error[0])
@@ -399,12 +489,14 @@ static cJSON *bp_json(const bp_report *r) {
     cJSON_AddStringToObject(j, "git", EASEL_GIT);
     cJSON_AddStringToObject(j, "arch", r->arch);
     cJSON_AddStringToObject(j, "device", o->device);
+    cJSON_AddStringToObject(j, "precision", r->precision);
     cJSON_AddNumberToObject(j, "threads", o->threads);
     cJSON_AddNumberToObject(j, "width", o->width);
     cJSON_AddNumberToObject(j, "height", o->height);
     cJSON_AddNumberToObject(j, "steps", o->steps);
     cJSON_AddStringToObject(j, "sampler", sampler_name(o->sampler));
     cJSON_AddNumberToObject(j, "guidance", o->guidance);
+    cJSON_AddStringToObject(j, "decoder", gen_decoder_name((gen_decoder)o->decoder));
     cJSON_AddNumberToObject(j, "repeats", o->repeats);
     cJSON_AddNumberToObject(j, "warmup", o->warmup);
     cJSON_AddNumberToObject(j, "load_ms", r->load_ms);
@@ -412,9 +504,15 @@ static cJSON *bp_json(const bp_report *r) {
     for (int i = 0; i < ST_COUNT; i++)
         cJSON_AddItemToObject(st, st_names[i], bp_stat_json(&r->stages[i]));
     cJSON_AddItemToObject(st, "unet_step", bp_stat_json(r->steps));
+    cJSON *cp = cJSON_CreateObject(); /* process CPU ms (all threads) */
+    cJSON_AddItemToObject(cp, "unet_step", bp_stat_json(&r->cpu[0]));
+    cJSON_AddItemToObject(cp, "decode", bp_stat_json(&r->cpu[1]));
+    cJSON_AddItemToObject(cp, "end_to_end", bp_stat_json(&r->cpu[2]));
+    cJSON_AddItemToObject(j, "cpu_ms", cp);
     cJSON_AddItemToObject(j, "stages_ms", st);
     cJSON_AddNumberToObject(j, "peak_rss_mib_latency", r->rss_latency_mib);
     cJSON_AddNumberToObject(j, "peak_rss_mib", r->rss_end_mib);
+    cJSON_AddNumberToObject(j, "worker_peak_mib", r->worker_peak / (1024.0 * 1024.0));
     for (int i = 0; i < r->nsplits; i++) {
         const bp_split *s = &r->splits[i];
         cJSON *e = cJSON_CreateObject();
@@ -453,16 +551,17 @@ static easel_err bp_latency(sd_model *m, backend *be, const bp_opts *o, bp_repor
         const char *field = NULL;
         if ((e = gen_params_validate(&p, &field))) break;
         int rec = i >= o->warmup;
-        e = bp_run_once(w, &p, rec ? r->stages : NULL, rec ? r->steps : NULL);
+        e = bp_run_once(w, &p, rec ? r->stages : NULL, rec ? r->steps : NULL, rec ? r->cpu : NULL,
+                        rec ? &r->worker_peak : NULL);
     }
     sd_worker_free(w);
     return e;
 }
 
 static int bp_measure(const bp_opts *o, const char *model_path) {
-    bp_series stages[ST_COUNT] = {0}, steps = {0};
+    bp_series stages[ST_COUNT] = {0}, steps = {0}, cpu[3] = {{0}};
     bp_split splits[BP_MAX_SPLITS] = {0};
-    bp_report r = {.o = o, .stages = stages, .steps = &steps, .splits = splits};
+    bp_report r = {.o = o, .stages = stages, .steps = &steps, .cpu = cpu, .splits = splits};
     sd_model *m = NULL;
     int rc = 1;
     r.nsplits = bp_parse_splits(o->splits, splits);
@@ -472,8 +571,9 @@ static int bp_measure(const bp_opts *o, const char *model_path) {
                 BP_MAX_SPLITS);
         return 2;
     }
-    backend *be = bp_backend(o->device, o->threads);
+    backend *be = bp_backend(o, o->threads);
     if (!be) goto fail;
+    r.precision = be->dev == DEV_CPU ? backend_precision_name(backend_cpu_precision(be)) : "f16";
     double t0 = bp_now_ms();
     if (sd_model_load(model_path, be, &m)) goto fail;
     r.load_ms = bp_now_ms() - t0;
@@ -497,6 +597,7 @@ out:
     for (int i = 0; i < ST_COUNT; i++)
         free(stages[i].v);
     free(steps.v);
+    free(cpu[0].v), free(cpu[1].v), free(cpu[2].v);
     return rc;
 }
 

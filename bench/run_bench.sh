@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: the CPU and HTTP benches of easel and its peers on this machine,
 # written to bench/results/<date>-<machine>.{md,json} + plots. Under 15 minutes
-# with the defaults (256², 1-2 steps); BENCH_FULL=1 adds 512² and 1-thread peers.
+# with the defaults (256², 1-2 steps); BENCH_FULL=1 adds 512² (UNet step, VAE
+# decode, a 20-step image end to end) and 1-thread peers. easel runs in bf16
+# (where the CPU has it) and fp32, diffusers in fp32 and bf16, in the same run.
 #
 #   bench/run_bench.sh [BUILD]       (BUILD: the cmake build dir, default build)
 # Environment: BENCH_FULL=1, BENCH_SKIP="ops pipeline sd15 sdcpp diffusers http" (any),
@@ -74,33 +76,48 @@ make_model() { # arch out
     { note "make-model --arch $1 --out $2 failed: $(tail -1 "$WORK/make-$1.log")"; rm -rf "$2"; return 1; }
 }
 
+# The precisions easel runs in: bf16 where this CPU has it (easel info), and fp32.
+PRECS="fp32"
+"$EASEL" info 2>/dev/null | grep -q "^precision auto: bf16" && PRECS="bf16 fp32"
+
 bench_ops() {
   skipped ops && return
-  say "ops (quick set)"
-  run "$EASEL" bench ops --quick --threads "$THREADS" --json "$WORK/ops.json" ||
-    note "easel bench ops failed or is missing"
+  local set="--quick" p
+  [ -n "${BENCH_FULL:-}" ] && set=""
+  for p in $PRECS; do
+    say "ops ($p${set:+, quick set})"
+    run "$EASEL" bench ops $set --precision "$p" --threads "$THREADS" --json "$WORK/ops-$p.json" ||
+      note "easel bench ops --precision $p failed"
+  done
 }
 
-pipe() { # name model size steps threads repeats splits images-per-worker
-  local name=$1 model=$2 size=$3 steps=$4 threads=$5 repeats=$6 splits=$7 images=${8:-1}
+pipe() { # name model size steps threads repeats splits images-per-worker precision
+  local name=$1 model=$2 size=$3 steps=$4 threads=$5 repeats=$6 splits=$7 images=${8:-1} prec=${9:-auto}
   run "$EASEL" bench pipeline --model "$model" --size "$size" --steps "$steps" --threads "$threads" \
     --repeats "$repeats" --warmup 1 --splits "$splits" --throughput-images "$images" \
-    --json "$WORK/pipeline-$name.json" || note "bench pipeline $name failed"
+    --precision "$prec" --json "$WORK/pipeline-$name.json" || note "bench pipeline $name failed"
 }
 
 bench_pipeline() {
   skipped pipeline && return
+  local p
   say "pipeline: tiny"
   make_model tiny "$CACHE/tiny" && pipe tiny-256 "$CACHE/tiny" 256 "$STEPS" "$THREADS" 3 1x2,2x1 4
   skipped sd15 && return
   say "pipeline: sd15 (random weights)"
   make_model sd15 "$CACHE/sd15" || return
-  pipe sd15-256-t$THREADS "$CACHE/sd15" 256 "$STEPS" "$THREADS" 2 1x2,2x1
-  pipe sd15-256-t1 "$CACHE/sd15" 256 1 1 1 ""
-  pipe sd15-384-t$THREADS "$CACHE/sd15" 384 1 "$THREADS" 1 ""
+  for p in $PRECS; do
+    # the 2 workers x 1 thread vs 1 worker x 2 threads images/s at 256²
+    pipe sd15-256-$p-t$THREADS "$CACHE/sd15" 256 "$STEPS" "$THREADS" 2 1x2,2x1 1 "$p"
+    pipe sd15-256-$p-t1 "$CACHE/sd15" 256 1 1 1 "" 1 "$p"
+  done
   if [ -n "${BENCH_FULL:-}" ]; then
-    pipe sd15-512-t$THREADS "$CACHE/sd15" 512 "$STEPS" "$THREADS" 1 ""
-    pipe sd15-512-t1 "$CACHE/sd15" 512 1 1 1 ""
+    for p in $PRECS; do
+      pipe sd15-512-$p-t$THREADS "$CACHE/sd15" 512 "$STEPS" "$THREADS" 2 "" 1 "$p"
+    done
+    # one SD1.5 20-step 512² image end to end, in the fastest precision here
+    set -- $PRECS
+    pipe sd15-512-$1-20steps "$CACHE/sd15" 512 20 "$THREADS" 1 "" 1 "$1"
   fi
 }
 
@@ -129,18 +146,21 @@ peer_sdcpp() {
 
 peer_diffusers() {
   skipped diffusers && return
-  say "peer: diffusers fp32 CPU"
+  say "peer: diffusers CPU (fp32 and bf16)"
   if ! have_tools_py diffusers; then
     note "diffusers: skipped, no diffusers in $TOOLS_PY"
     return
   fi
   make_model sd15 "$CACHE/sd15" || return
-  local sizes="256" s
+  local sizes="256" s dt
   [ -n "${BENCH_FULL:-}" ] && sizes="256 512"
   for s in $sizes; do
-    run "$TOOLS_PY" bench/peers/diffusers_cpu.py --model "$CACHE/sd15" --size "$s" --steps "$STEPS" \
-      --threads "$THREADS" --repeats 1 --warmup 1 >> "$WORK/peers.jsonl" 2> "$WORK/diffusers.err" ||
-      note "diffusers at ${s}² failed: $(tail -2 "$WORK/diffusers.err" | tr '\n' ' ')"
+    for dt in bf16 fp32; do
+      run "$TOOLS_PY" bench/peers/diffusers_cpu.py --model "$CACHE/sd15" --size "$s" --steps "$STEPS" \
+        --threads "$THREADS" --repeats 1 --warmup 1 --dtype "$dt" >> "$WORK/peers.jsonl" \
+        2> "$WORK/diffusers.err" ||
+        note "diffusers $dt at ${s}² failed: $(tail -2 "$WORK/diffusers.err" | tr '\n' ' ')"
+    done
   done
 }
 

@@ -10,7 +10,9 @@ import json
 import os
 import re
 
-TARGETS = {"sdcpp": 1.5, "diffusers": 2.0}  # easel must be at least this many times faster per step
+# easel (its fastest precision here) must be at least this many times faster
+# per UNet step and per VAE decode than each peer
+TARGETS = {"sdcpp": 1.5, "diffusers bf16": 2.0, "diffusers fp32": 1.5}
 
 
 def load(path, default=None):
@@ -22,8 +24,12 @@ def load(path, default=None):
 
 
 def read_work(work):
-    d = {"meta": load(os.path.join(work, "meta.json"), {}), "ops": load(os.path.join(work, "ops.json")),
+    d = {"meta": load(os.path.join(work, "meta.json"), {}), "ops": {},
          "http": load(os.path.join(work, "http.json")), "pipeline": {}, "peers": []}
+    for p in sorted(glob.glob(os.path.join(work, "ops*.json"))):
+        j = load(p)
+        if j:
+            d["ops"][j.get("precision", os.path.basename(p)[4:-5] or "fp32")] = j
     for p in sorted(glob.glob(os.path.join(work, "pipeline-*.json"))):
         j = load(p)
         if j:
@@ -43,27 +49,55 @@ def read_work(work):
     return d
 
 
-def easel_step(d, arch, size, threads):
-    """Median UNet (CFG) step of easel, in seconds, or None."""
+def easel_run(d, arch, size, threads, precision):
+    """easel's latency run of that shape and precision, or None."""
     for j in d["pipeline"].values():
-        if j.get("arch") == arch and j.get("width") == size and j.get("threads") == threads:
-            return j["stages_ms"]["unet_step"]["median"] / 1e3
+        if (j.get("arch") == arch and j.get("width") == size and j.get("threads") == threads
+                and j.get("precision", "fp32") == precision and j.get("steps", 0) <= 4):
+            return j
     return None
+
+
+def cpu_s(j, stage):
+    """Median process-CPU seconds of a stage ("unet_step", "decode"), or None."""
+    v = (j.get("cpu_ms") or {}).get(stage)
+    if isinstance(v, dict):
+        v = v.get("median") if v.get("n", 1) else None
+    return v / 1e3 if v else None
+
+
+def easel_best(d, size, threads):
+    """(precision, UNet step s, VAE decode s, step cpu-s, decode cpu-s) of easel's
+    fastest precision at that size."""
+    best = None
+    for prec in ("bf16", "fp32"):
+        j = easel_run(d, "sd15", size, threads, prec)
+        if j:
+            st = (prec, j["stages_ms"]["unet_step"]["median"] / 1e3, j["stages_ms"]["decode"]["median"] / 1e3,
+                  cpu_s(j, "unet_step"), cpu_s(j, "decode"))
+            if best is None or st[1] < best[1]:
+                best = st
+    return best
 
 
 def peer_rows(d):
     rows = []
     for p in d["peers"]:
+        name = p["peer"] + ("" if p["peer"] == "sdcpp" else f" {p.get('dtype', '')}")
         if "error" in p:
-            rows.append({"peer": p["peer"], "error": p["error"]})
+            rows.append({"peer": name, "error": p["error"]})
             continue
-        e = easel_step(d, "sd15", p["size"], p["threads"])
-        rows.append({"peer": p["peer"] + ("" if p["peer"] == "sdcpp" else f" {p.get('dtype', '')}"),
-                     "kind": p["peer"], "size": p["size"], "threads": p["threads"], "steps": p["steps"],
-                     "peer_s_per_step": p["s_per_step"], "easel_s_per_step": e,
-                     "speedup": (p["s_per_step"] / e) if e else None,
-                     "target": TARGETS.get(p["peer"]), "peer_decode_s": p.get("decode_s", p.get("decode_ms", 0) / 1e3),
-                     "peer_rss_mib": p.get("peak_rss_mib")})
+        e = easel_best(d, p["size"], p["threads"])
+        pdec = p.get("decode_s", p.get("decode_ms", 0) / 1e3)
+        rows.append({"peer": name, "kind": p["peer"], "size": p["size"], "threads": p["threads"],
+                     "steps": p["steps"], "easel_precision": e[0] if e else None,
+                     "peer_s_per_step": p["s_per_step"], "easel_s_per_step": e[1] if e else None,
+                     "speedup": (p["s_per_step"] / e[1]) if e else None,
+                     "peer_decode_s": pdec, "easel_decode_s": e[2] if e else None,
+                     "decode_speedup": (pdec / e[2]) if e and pdec else None,
+                     "peer_cpu_step": cpu_s(p, "unet_step"), "easel_cpu_step": e[3] if e else None,
+                     "peer_cpu_decode": cpu_s(p, "decode"), "easel_cpu_decode": e[4] if e else None,
+                     "target": TARGETS.get(name), "peer_rss_mib": p.get("peak_rss_mib")})
     return rows
 
 
@@ -73,14 +107,15 @@ def fmt(v, spec="{:.3g}"):
 
 def md_pipeline(d):
     out = ["## Pipeline (easel bench pipeline)", "",
-           "| run | arch | size | threads | steps | UNet step (median, min–max) | encode | decode | PNG | total | peak RSS |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| run | arch | precision | size | threads | steps | UNet step (median, min–max) | step cpu-s | encode | decode | decode cpu-s | PNG | total | peak RSS |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, j in d["pipeline"].items():
         s = j["stages_ms"]
         st = s["unet_step"]
-        out.append(f"| {name} | {j['arch']} | {j['width']}² | {j['threads']} | {j['steps']} | "
-                   f"{st['median']:.0f} ms ({st['min']:.0f}–{st['max']:.0f}) | {s['encode']['median']:.0f} ms | "
-                   f"{s['decode']['median']:.0f} ms | {s['png']['median']:.1f} ms | "
+        out.append(f"| {name} | {j['arch']} | {j.get('precision', 'fp32')} | {j['width']}² | {j['threads']} | {j['steps']} | "
+                   f"{st['median']:.0f} ms ({st['min']:.0f}–{st['max']:.0f}) | {fmt(cpu_s(j, 'unet_step'), '{:.2f}')} | "
+                   f"{s['encode']['median']:.0f} ms | "
+                   f"{s['decode']['median']:.0f} ms | {fmt(cpu_s(j, 'decode'), '{:.2f}')} | {s['png']['median']:.1f} ms | "
                    f"{s['total']['median']:.0f} ms | {j['peak_rss_mib']:.0f} MiB |")
     tp = [(n, t) for n, j in d["pipeline"].items() for t in j.get("throughput", [])]
     if tp:
@@ -96,18 +131,34 @@ def md_pipeline(d):
 def md_peers(d):
     rows = peer_rows(d)
     out = ["## Easel vs peers, CPU, same random-weight SD1.5 checkpoint, CFG 7.5, euler_a", "",
-           "| peer | size | threads | peer s/step | easel s/step | easel speed-up | target | met |",
-           "|---|---|---|---|---|---|---|---|"]
+           "easel in its fastest precision at that size (the easel column says which); the target "
+           "applies to the UNet step and to the VAE decode.", "",
+           "| peer | size | threads | peer s/step | easel s/step | step speed-up | peer decode s | easel decode s | decode speed-up | target | met |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     if not rows:
-        out.append("| (no peer ran) | | | | | | | |")
+        out.append("| (no peer ran) | | | | | | | | | | |")
     for r in rows:
         if "error" in r:
-            out.append(f"| {r['peer']} | error: {r['error']} | | | | | | |")
+            out.append(f"| {r['peer']} | error: {r['error']} | | | | | | | | | |")
             continue
-        met = "—" if r["speedup"] is None or r["target"] is None else ("yes" if r["speedup"] >= r["target"] else "**no**")
+        ok = [v >= r["target"] for v in (r["speedup"], r["decode_speedup"]) if v is not None and r["target"]]
+        met = "—" if not ok else ("yes" if all(ok) else "**no**")
         out.append(f"| {r['peer']} | {r['size']}² | {r['threads']} | {r['peer_s_per_step']:.2f} | "
-                   f"{fmt(r['easel_s_per_step'], '{:.2f}')} | {fmt(r['speedup'], '{:.2f}×')} | "
+                   f"{fmt(r['easel_s_per_step'], '{:.2f}')} ({r.get('easel_precision') or '—'}) | "
+                   f"{fmt(r['speedup'], '{:.2f}×')} | {fmt(r['peer_decode_s'], '{:.2f}')} | "
+                   f"{fmt(r['easel_decode_s'], '{:.2f}')} | {fmt(r['decode_speedup'], '{:.2f}×')} | "
                    f"≥ {fmt(r['target'], '{:.1f}×')} | {met} |")
+    cpu = [r for r in rows if "error" not in r and r.get("peer_cpu_step") and r.get("easel_cpu_step")]
+    if cpu:
+        out += ["", "The same in process CPU-seconds (all threads; less distorted than wall time when "
+                "other work shares the cores):", "",
+                "| peer | size | peer cpu-s/step | easel cpu-s/step | ratio | peer decode cpu-s | easel decode cpu-s | ratio |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in cpu:
+            pd, ed = r.get("peer_cpu_decode"), r.get("easel_cpu_decode")
+            out.append(f"| {r['peer']} | {r['size']}² | {r['peer_cpu_step']:.2f} | {r['easel_cpu_step']:.2f} | "
+                       f"{r['peer_cpu_step'] / r['easel_cpu_step']:.2f}× | {fmt(pd, '{:.2f}')} | {fmt(ed, '{:.2f}')} | "
+                       f"{fmt(pd / ed if pd and ed else None, '{:.2f}×')} |")
     return out
 
 
@@ -138,24 +189,26 @@ def md_http(d):
 
 
 def md_ops(d):
-    ops = d["ops"]
-    if not ops:
+    if not d["ops"]:
         return ["## Ops", "", "(not run)"]
-    rows = ops.get("ops", ops.get("results", [])) if isinstance(ops, dict) else ops
-    if not rows or not isinstance(rows, list):
-        return ["## Ops", "", "```", json.dumps(ops, indent=1)[:3000], "```"]
-    keys = []
-    for r in rows:
-        keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (dict, list))]
-    out = ["## Ops (easel bench ops --quick)", ""]
-    if isinstance(ops, dict):
-        extra = {k: v for k, v in ops.items() if not isinstance(v, (dict, list))}
-        if extra:
-            out += [", ".join(f"{k}: {v}" for k, v in extra.items()), ""]
-    out += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    for r in rows:
-        out.append("| " + " | ".join(fmt(r.get(k), "{:.4g}") if isinstance(r.get(k), float) else str(r.get(k, ""))
-                                     for k in keys) + " |")
+    out = []
+    for prec, ops in d["ops"].items():
+        rows = ops.get("results", [])
+        out += [f"## Ops, {prec} (easel bench ops, {ops.get('threads')} threads)", "",
+                f"Raw GEMM 2048³ on {ops.get('threads')} threads: OpenBLAS sgemm "
+                f"{fmt(next((r['gflops'] for r in rows if r['op'].startswith('sgemm') and 'threads' in r['shape']), None), '{:.0f}')} GFLOP/s, "
+                f"oneDNN f32 matmul {fmt(ops.get('dnnl_f32_gflops'), '{:.0f}')}, oneDNN bf16 matmul "
+                f"{fmt(ops.get('dnnl_bf16_gflops'), '{:.0f}')}; \"vs raw\" is against the raw rate of "
+                f"this precision's library ({fmt(ops.get('raw_gemm_gflops'), '{:.0f}')} GFLOP/s).", "",
+                "The last column divides the work by the process CPU time instead of the wall time: "
+                "what the op does per core-second it actually got (the machine may be shared).", "",
+                "| op | shape | ms | cpu-ms | rate | vs raw | GFLOP per cpu-s |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            rate = f"{r['gflops']:.0f} GFLOP/s" if "gflops" in r else f"{r.get('gbps', 0):.1f} GB/s"
+            per_cpu = r["gflops"] * r["ms"] / r["cpu_ms"] if "gflops" in r and r.get("cpu_ms") else None
+            out.append(f"| {r['op']} | {r['shape']} | {r['ms']:.2f} | {r['cpu_ms']:.2f} | {rate} | "
+                       f"{fmt(r.get('vs_raw'), '{:.0%}')} | {fmt(per_cpu, '{:.0f}')} |")
+        out.append("")
     return out
 
 
@@ -169,24 +222,31 @@ def plots(d, out_dir, stem):
     made = []
     thr = d["meta"].get("threads", 2)
 
-    def series_easel(key_fn):
+    def series_easel(key_fn, prec):
         pts = {}
         for j in d["pipeline"].values():
-            if j.get("arch") == "sd15":
+            if j.get("arch") == "sd15" and j.get("precision", "fp32") == prec and j.get("steps", 0) <= 4:
                 k = key_fn(j)
-                if k is not None:
-                    pts[k[0]] = j["stages_ms"]["unet_step"]["median"] / 1e3 if k[1] else None
-        return sorted((k, v) for k, v in pts.items() if v)
+                if k is not None and k[1]:
+                    pts[k[0]] = j["stages_ms"]["unet_step"]["median"] / 1e3
+        return sorted(pts.items())
+
+    def peers_of(pred):
+        names = {}
+        for r in d["peers"]:
+            if "error" not in r and pred(r):
+                names.setdefault(r["peer"] + ("" if r["peer"] == "sdcpp" else " " + r.get("dtype", "")), []).append(r)
+        return names
 
     # step time vs resolution
     fig, ax = plt.subplots(figsize=(6, 4))
-    e = series_easel(lambda j: (j["width"], j["threads"] == thr))
-    if e:
-        ax.plot([k for k, _ in e], [v for _, v in e], "o-", label=f"easel ({thr} threads)")
-    for peer in ("sdcpp", "diffusers"):
-        p = sorted((r["size"], r["s_per_step"]) for r in d["peers"] if r.get("peer") == peer and r.get("threads") == thr)
-        if p:
-            ax.plot([k for k, _ in p], [v for _, v in p], "s--", label=f"{peer} ({thr} threads)")
+    for prec in ("bf16", "fp32"):
+        e = series_easel(lambda j: (j["width"], j["threads"] == thr), prec)
+        if e:
+            ax.plot([k for k, _ in e], [v for _, v in e], "o-", label=f"easel {prec} ({thr} threads)")
+    for name, rs in peers_of(lambda r: r.get("threads") == thr).items():
+        p = sorted((r["size"], r["s_per_step"]) for r in rs)
+        ax.plot([k for k, _ in p], [v for _, v in p], "s--", label=f"{name} ({thr} threads)")
     ax.set_xlabel("resolution (px, square)")
     ax.set_ylabel("s per CFG step (SD1.5)")
     ax.set_yscale("log")
@@ -202,13 +262,13 @@ def plots(d, out_dir, stem):
 
     # step time vs threads at 256²
     fig, ax = plt.subplots(figsize=(6, 4))
-    e = series_easel(lambda j: (j["threads"], j["width"] == 256))
-    if e:
-        ax.plot([k for k, _ in e], [v for _, v in e], "o-", label="easel")
-    for peer in ("sdcpp", "diffusers"):
-        p = sorted((r["threads"], r["s_per_step"]) for r in d["peers"] if r.get("peer") == peer and r.get("size") == 256)
-        if p:
-            ax.plot([k for k, _ in p], [v for _, v in p], "s--", label=peer)
+    for prec in ("bf16", "fp32"):
+        e = series_easel(lambda j: (j["threads"], j["width"] == 256), prec)
+        if e:
+            ax.plot([k for k, _ in e], [v for _, v in e], "o-", label=f"easel {prec}")
+    for name, rs in peers_of(lambda r: r.get("size") == 256).items():
+        p = sorted((r["threads"], r["s_per_step"]) for r in rs)
+        ax.plot([k for k, _ in p], [v for _, v in p], "s--", label=name)
     ax.set_xlabel("threads")
     ax.set_ylabel("s per CFG step, 256² (SD1.5)")
     ax.set_xticks([1, 2])
