@@ -8,12 +8,16 @@ PORT ?= 8080
 DATA ?= $(CURDIR)/data
 MODEL ?=
 
-.PHONY: all deps build test test-c run bench gpu-check sanitize cuda-build fuzz fuzz-long clean format
+.PHONY: all deps test-deps build test test-c run bench gpu-check gpu-carry sanitize cuda-build fuzz fuzz-long clean format
 
 all: build
 
 deps:
 	@tools/deps.sh
+
+# what the tests drive besides the build: a browser, PHP with php-curl, PostgreSQL, ...
+test-deps:
+	@EASEL_DEPS_TEST=1 tools/deps.sh
 
 $(BUILD)/CMakeCache.txt:
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
@@ -21,7 +25,9 @@ $(BUILD)/CMakeCache.txt:
 build: deps $(BUILD)/CMakeCache.txt
 	@set -o pipefail; cmake --build $(BUILD) -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)|^g?make\[[0-9]+\]: (Entering|Leaving)' || true; }
 
-test: build
+test: test-deps build
+	@# a fault build that is there is rebuilt first: a stale one would test old code
+	@if [ -f build-faults/CMakeCache.txt ]; then $(MAKE) --no-print-directory faults-build; fi
 	@tests/run_tests.sh $(BUILD)
 
 # C tests only (no Python), e.g. for the sanitizer build
@@ -34,8 +40,14 @@ run: build
 bench: build
 	@bench/run_bench.sh $(BUILD)
 
+# On a lent GPU machine (tools/gpu_check/README.md): the one-shot check, ~10 min.
 gpu-check:
 	@tools/gpu_check.sh
+
+# Here, before a GPU session: the CUDA-enabled binaries + their libraries and the
+# CPU reference image, packed into .gpu-carry/ for the device tool's carry.
+gpu-carry:
+	@tools/gpu_check/carry.sh
 
 # The sanitizer configuration of the C tests (ASan + UBSan + LSan).
 sanitize:
@@ -43,7 +55,7 @@ sanitize:
 
 # The CUDA-on build: compile and link only (no GPU needed).
 cuda-build: deps
-	@cmake -S . -B build-cuda -DEASEL_CUDA=ON >/dev/null
+	@cmake -S . -B build-cuda -DEASEL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 	@set -o pipefail; cmake --build build-cuda -j $(JOBS) 2>&1 | { grep -vE '^\[ *[0-9]+%\] (Building|Linking|Built)|^g?make\[[0-9]+\]: (Entering|Leaving)' || true; }
 
 fuzz:

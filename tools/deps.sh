@@ -5,9 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(build-essential cmake pkg-config libmicrohttpd-dev libcjson-dev libpng-dev
-          libsqlite3-dev libopenblas-dev python3-venv python3-pip curl)
-# optional extras used by tests/benches when present
-APT_TEST_PKGS=(clang libclang-rt-dev wrk sqlite3 chromium chromium-driver)
+          libsqlite3-dev libopenblas-dev libdnnl-dev libssl-dev libjpeg62-turbo-dev libwebp-dev
+          libcurl4-openssl-dev libpq-dev python3-venv python3-pip curl)
+# what `make test` drives besides the build (EASEL_DEPS_TEST=1: make test-deps, CI):
+# fuzzing, load, the browser, the seed's PHP client, a PostgreSQL server (the multi-node
+# tests start their own in a temp dir: tools/pgtmp.sh)
+APT_TEST_PKGS=(clang libclang-rt-dev wrk sqlite3 chromium chromium-driver php-cli php-curl
+               postgresql)
 
 missing=()
 for p in "${APT_PKGS[@]}" ${EASEL_DEPS_TEST:+"${APT_TEST_PKGS[@]}"}; do

@@ -10,5 +10,16 @@ host=${3:-127.0.0.1}
 port=${4:-8080}
 model=${5:-}
 mkdir -p "$data"
+if [ -n "$model" ]; then
+  # check the model before serving and say what it is (family, size, defaults)
+  if ! found=$("$easel" info --model "$model" 2>&1); then
+    echo "easel: MODEL=$model cannot be served:" >&2
+    printf '%s\n' "$found" | grep -v '^\(easel [0-9]\|build:\|blas:\|cpu\|cuda:\)' >&2
+    echo "easel: see README.md -> Real models (which checkpoints work, how to check one)" >&2
+    exit 2
+  fi
+  echo "easel: MODEL=$model:"
+  printf '%s\n' "$found" | sed -n '/^model:/,$p' | tail -n +2
+fi
 echo "easel: serving on http://$host:$port (data in $data)"
 exec "$easel" serve --data-dir "$data" --host "$host" --port "$port" ${model:+--model "$model"}

@@ -12,5 +12,6 @@ void cblas_sgemm(enum CBLAS_ORDER order, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRA
                  float beta, float *c, int ldc);
 void openblas_set_num_threads(int n);
 char *openblas_get_config(void);
+char *openblas_get_corename(void);
 
 #endif

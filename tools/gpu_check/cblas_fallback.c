@@ -13,6 +13,9 @@ void openblas_set_num_threads(int n) {
 char *openblas_get_config(void) {
     return "easel gpu_check fallback sgemm";
 }
+char *openblas_get_corename(void) {
+    return "fallback";
+}
 
 static float dot(const float *x, const float *y, int k) {
     float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
