@@ -201,6 +201,24 @@ def test_events_for_finished_job_end_at_once(server):
     assert [e for e, _ in events] == ["final"]
 
 
+
+def test_events_stream_ends_with_final_after_cancel(make_server):
+    """A stream following a running job that is canceled ends with its `final`
+    event (the demo page once sat at "processing" after Cancel); five rounds."""
+    s = make_server(["--workers", "1"])
+    for _ in range(5):
+        a = s.submit(**VERY_SLOW)
+        r = requests.get(f"{s.url}/v1/jobs/{a['id']}/events", stream=True, timeout=20)
+        events = read_events(r)
+        for name, d in events:  # follow until the job has made a step
+            assert name != "final", d
+            if name == "progress" and d["progress"]["step"] > 0:
+                break
+        assert s.post(f"/v1/jobs/{a['id']}/cancel").status_code in (200, 202)
+        rest = list(events)  # a missed wake-up would hang here until the read timeout
+        assert rest and rest[-1][0] == "final" and rest[-1][1]["status"] == "canceled", rest
+
+
 # ---- scheduling ----
 
 def test_two_workers_never_exceeded(make_server):
