@@ -841,7 +841,8 @@ static int serve_run(const serve_opts *o) {
         uploads_config uc = {.dir = udir,
                              .retention_ms = o->upload_retention_ms,
                              .in_use = upload_in_use,
-                             .in_use_ctx = &rt};
+                             .in_use_ctx = &rt,
+                             .store = st};
         if (uploads_open(&uc, &rt.up)) {
             rc = 2;
             goto fail;

@@ -88,6 +88,27 @@ int store_shared(const store *s) {
 int store_holds_images(const store *s) {
     return s->ops->holds_images;
 }
+int store_holds_uploads(const store *s) {
+    return s->ops->upload_put && s->ops->upload_get;
+}
+easel_err store_upload_put(store *s, const char *id, const char *record, const uint8_t *data,
+                           size_t len, int64_t created_ms) {
+    return s->ops->upload_put ? s->ops->upload_put(s, id, record, data, len, created_ms)
+                              : unsupported(s, "hold uploads");
+}
+easel_err store_upload_get(store *s, const char *id, char **record, uint8_t **data, size_t *len) {
+    *record = NULL, *data = NULL, *len = 0;
+    return s->ops->upload_get ? s->ops->upload_get(s, id, record, data, len)
+                              : unsupported(s, "hold uploads");
+}
+easel_err store_upload_remove(store *s, const char *id) {
+    return s->ops->upload_remove ? s->ops->upload_remove(s, id) : unsupported(s, "hold uploads");
+}
+easel_err store_upload_sweep(store *s, int64_t before_ms, int *removed) {
+    *removed = 0;
+    return s->ops->upload_sweep ? s->ops->upload_sweep(s, before_ms, removed)
+                                : unsupported(s, "hold uploads");
+}
 easel_err store_progress(store *s, const store_progress_row *p, int *cancel_requested) {
     return s->ops->progress ? s->ops->progress(s, p, cancel_requested)
                             : unsupported(s, "record progress");

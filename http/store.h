@@ -159,6 +159,14 @@ typedef struct {
     easel_err (*shared_secret)(store *s, const char *name, const char *candidate, char *out,
                                size_t cap);
     easel_err (*upload_in_use)(store *s, const char *upload_id, int *in_use);
+    /* uploads as rows of a shared store, so a job another node claims finds
+     * its init image and mask (http/uploads.c keeps a local copy too); own
+     * connection, any thread. NULL where one node owns the store. */
+    easel_err (*upload_put)(store *s, const char *id, const char *record, const uint8_t *data,
+                            size_t len, int64_t created_ms);
+    easel_err (*upload_get)(store *s, const char *id, char **record, uint8_t **data, size_t *len);
+    easel_err (*upload_remove)(store *s, const char *id);
+    easel_err (*upload_sweep)(store *s, int64_t before_ms, int *removed);
 } store_ops;
 
 struct store {
@@ -223,6 +231,16 @@ easel_err store_outbox_each(store *s, int (*fn)(void *user, const outbox_row *r)
 /* *in_use = 1 when a pending or processing job reads this upload (as its
  * init_image or mask): the upload sweep keeps it. */
 easel_err store_upload_in_use(store *s, const char *upload_id, int *in_use);
+/* 1 when uploads are rows of the store (a shared store): every node reads them. */
+int store_holds_uploads(const store *s);
+/* Keeps an upload (its record, JSON text, and bytes); an id kept before is left as it is. */
+easel_err store_upload_put(store *s, const char *id, const char *record, const uint8_t *data,
+                           size_t len, int64_t created_ms);
+/* An upload's record (NUL-terminated) and bytes, both malloc'd; EASEL_ENOTFOUND if unknown. */
+easel_err store_upload_get(store *s, const char *id, char **record, uint8_t **data, size_t *len);
+easel_err store_upload_remove(store *s, const char *id);
+/* Removes uploads created before before_ms that no pending or processing job reads. */
+easel_err store_upload_sweep(store *s, int64_t before_ms, int *removed);
 /* ---- several nodes (store_shared); each returns EASEL_EUNSUPPORTED on a
  * store without it ---- */
 
@@ -302,7 +320,7 @@ easel_err store_sqlite_open(const char *path, int sync_full, store **out);
 
 /* ---- PostgreSQL (store_pg.c; libpq, when built with it) ---- */
 
-#define STORE_PG_SCHEMA_VERSION 2
+#define STORE_PG_SCHEMA_VERSION 3
 
 typedef struct {
     const char *url;   /* a libpq connection string or postgres:// URL */

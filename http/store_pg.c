@@ -133,6 +133,11 @@ static const char *migrations[STORE_PG_SCHEMA_VERSION] = {
     "ALTER TABLE easel_jobs ADD COLUMN init_image text, ADD COLUMN mask_image text;"
     "CREATE INDEX easel_jobs_init_image ON easel_jobs(init_image) WHERE init_image IS NOT NULL;"
     "CREATE INDEX easel_jobs_mask_image ON easel_jobs(mask_image) WHERE mask_image IS NOT NULL;",
+    /* 3: uploads as rows, so a job another node claims finds its init image and mask */
+    "CREATE TABLE easel_uploads (id text PRIMARY KEY, record text NOT NULL,"
+    " data bytea NOT NULL, created_ms bigint NOT NULL);"
+    "ALTER TABLE easel_uploads ALTER COLUMN data SET STORAGE EXTERNAL;"
+    "CREATE INDEX easel_uploads_created ON easel_uploads(created_ms);",
 };
 
 /* ---- prepared statements ---- */
@@ -164,7 +169,11 @@ enum {
     Q_SECRET,
     Q_MAIN_COUNT,
     Q_PROGRESS = Q_MAIN_COUNT, /* side connection */
-    Q_IMAGE,                   /* img connection */
+    Q_IMAGE,                   /* img connection (and the uploads after it) */
+    Q_UPL_PUT,
+    Q_UPL_GET,
+    Q_UPL_DEL,
+    Q_UPL_SWEEP,
     Q_COUNT
 };
 
@@ -287,6 +296,14 @@ static const struct {
                                 " AND lease_owner=$7 RETURNING cancel_requested"},
     [Q_IMAGE] = {"image", "SELECT length(data), substring(data FROM $2::int + 1 FOR $3::int)"
                           " FROM easel_images WHERE name=$1"},
+    [Q_UPL_PUT] = {"upl_put", "INSERT INTO easel_uploads(id,record,data,created_ms)"
+                              " VALUES($1,$2,$3,$4) ON CONFLICT (id) DO NOTHING"},
+    [Q_UPL_GET] = {"upl_get", "SELECT record, data FROM easel_uploads WHERE id=$1"},
+    [Q_UPL_DEL] = {"upl_del", "DELETE FROM easel_uploads WHERE id=$1"},
+    [Q_UPL_SWEEP] = {"upl_sweep",
+                     "DELETE FROM easel_uploads u WHERE created_ms < $1 AND NOT EXISTS (SELECT 1"
+                     " FROM easel_jobs j WHERE (j.init_image=u.id OR j.mask_image=u.id) AND"
+                     " j.status IN ('pending','processing'))"},
 };
 
 typedef enum { CONN_MAIN, CONN_SIDE, CONN_IMG } conn_role;
@@ -405,7 +422,7 @@ static easel_err setup(pg_store *s, pgconn *pc) {
         if (!e) e = exec_simple(pc->c, "LISTEN easel_jobs", "listening");
         return e;
     }
-    return prepare_range(pc->c, Q_IMAGE, Q_IMAGE + 1);
+    return prepare_range(pc->c, Q_IMAGE, Q_COUNT);
 }
 
 static PGconn *connect_url(const pg_store *s, const pgconn *pc) {
@@ -998,6 +1015,65 @@ static easel_err pg_image_read(store *st, const char *name, int64_t off, unsigne
     return e;
 }
 
+/* ---- uploads (the img connection, any thread) ---- */
+
+static easel_err pg_img_run(pg_store *s, int q, int n, const char *const *v, const int *lens,
+                            const int *fmts, int binary, PGresult **r, const char *what) {
+    pthread_mutex_lock(&s->img_mu);
+    easel_err e = run(s, &s->img, q, n, v, lens, fmts, binary, r, what);
+    pthread_mutex_unlock(&s->img_mu);
+    return e;
+}
+
+static easel_err pg_upload_put(store *st, const char *id, const char *record, const uint8_t *data,
+                               size_t len, int64_t created_ms) {
+    if (len > 0x7fffffff) return easel_seterr(EASEL_EINVAL, "store: upload too large");
+    char c[24];
+    const char *v[4] = {id, record, (const char *)data, NUM(c, created_ms)};
+    int lens[4] = {0, 0, (int)len, 0}, fmts[4] = {0, 0, 1, 0};
+    return pg_img_run(P(st), Q_UPL_PUT, 4, v, lens, fmts, 0, NULL, "keeping an upload");
+}
+
+static easel_err pg_upload_get(store *st, const char *id, char **record, uint8_t **data,
+                               size_t *len) {
+    const char *v[1] = {id};
+    PGresult *r;
+    easel_err e = pg_img_run(P(st), Q_UPL_GET, 1, v, NULL, NULL, 1, &r, "reading an upload");
+    if (e) return e;
+    if (PQntuples(r) != 1) {
+        PQclear(r);
+        return easel_seterr(EASEL_ENOTFOUND, "store: no upload %s", id);
+    }
+    size_t rn = (size_t)PQgetlength(r, 0, 0), dn = (size_t)PQgetlength(r, 0, 1);
+    *record = malloc(rn + 1), *data = malloc(dn ? dn : 1);
+    if (!*record || !*data) {
+        free(*record), free(*data), *record = NULL, *data = NULL;
+        PQclear(r);
+        return easel_seterr(EASEL_ENOMEM, "out of memory");
+    }
+    memcpy(*record, PQgetvalue(r, 0, 0), rn), (*record)[rn] = 0; /* text, in binary: its bytes */
+    memcpy(*data, PQgetvalue(r, 0, 1), dn);
+    *len = dn;
+    PQclear(r);
+    return EASEL_OK;
+}
+
+static easel_err pg_upload_remove(store *st, const char *id) {
+    const char *v[1] = {id};
+    return pg_img_run(P(st), Q_UPL_DEL, 1, v, NULL, NULL, 0, NULL, "removing an upload");
+}
+
+static easel_err pg_upload_sweep(store *st, int64_t before_ms, int *removed) {
+    char b[24];
+    const char *v[1] = {NUM(b, before_ms)};
+    PGresult *r;
+    easel_err e = pg_img_run(P(st), Q_UPL_SWEEP, 1, v, NULL, NULL, 0, &r, "sweeping uploads");
+    if (e) return e;
+    *removed = atoi(PQcmdTuples(r));
+    PQclear(r);
+    return EASEL_OK;
+}
+
 /* ---- the queue as a whole ---- */
 
 static easel_err pg_queue_stats(store *st, int64_t now_ms, store_queue_info *out) {
@@ -1072,7 +1148,9 @@ static void pg_close(store *st) {
     .shared = 1, .progress = pg_progress, .rescue = pg_rescue, .get = pg_get,                      \
     .changed = pg_changed, .outbox_of = pg_outbox_of, .wait = pg_wait, .clock = pg_clock,          \
     .image_read = pg_image_read, .queue_stats = pg_queue_stats, .node_beat = pg_node_beat,         \
-    .shared_secret = pg_shared_secret, .holds_images = images, .upload_in_use = pg_upload_in_use
+    .shared_secret = pg_shared_secret, .holds_images = images, .upload_in_use = pg_upload_in_use,  \
+    .upload_put = pg_upload_put, .upload_get = pg_upload_get, .upload_remove = pg_upload_remove,   \
+    .upload_sweep = pg_upload_sweep
 
 static const store_ops pg_ops = {PG_OPS(0)};
 static const store_ops pg_ops_images = {PG_OPS(1)};

@@ -29,6 +29,7 @@ struct uploads {
     image_limits limits;
     uploads_in_use_fn in_use;
     void *in_use_ctx;
+    store *st; /* holds uploads too (several nodes), or NULL */
     pthread_mutex_t mu; /* the sweep */
     int64_t last_sweep_ms;
 };
@@ -53,6 +54,7 @@ easel_err uploads_open(const uploads_config *cfg, uploads **out) {
     if (u->limits.max_pixels <= 0) u->limits.max_pixels = IMAGE_DEFAULT_MAX_PIXELS;
     if (u->limits.max_side <= 0) u->limits.max_side = IMAGE_DEFAULT_MAX_SIDE;
     u->in_use = cfg->in_use, u->in_use_ctx = cfg->in_use_ctx;
+    u->st = cfg->store && store_holds_uploads(cfg->store) ? cfg->store : NULL;
     pthread_mutex_init(&u->mu, NULL);
     *out = u;
     return EASEL_OK;
@@ -121,13 +123,38 @@ easel_err uploads_put(uploads *u, const uint8_t *data, size_t len, upload_info *
         unlink(img);
         return easel_seterr(EASEL_ENOMEM, "out of memory");
     }
+    /* the store's row first: once the record exists here, every node can read it */
+    if (u->st && (e = store_upload_put(u->st, info->id, text, data, len, info->created_ms))) {
+        free(text);
+        unlink(img);
+        return easel_wraperr(e, "keeping the upload");
+    }
     e = fs_write_file(rec, text, strlen(text));
     free(text);
     if (e) {
         unlink(img);
+        if (u->st) store_upload_remove(u->st, info->id);
         return easel_wraperr(e, "keeping the upload's record");
     }
     return EASEL_OK;
+}
+
+/* An upload this node lacks, from the shared store: kept here as if it had
+ * been sent here (image first, record second). EASEL_ENOTFOUND if the store
+ * has none either. */
+static easel_err fetch_from_store(uploads *u, const char *id) {
+    char *record = NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    easel_err e = store_upload_get(u->st, id, &record, &data, &len);
+    if (e) return e;
+    char img[4200], rec[4200];
+    path_of(u, id, "img", img, sizeof img);
+    path_of(u, id, "json", rec, sizeof rec);
+    e = fs_write_file(img, data, len);
+    if (!e && (e = fs_write_file(rec, record, strlen(record)))) unlink(img);
+    free(record), free(data);
+    return e ? easel_wraperr(e, "keeping upload %s from the store", id) : EASEL_OK;
 }
 
 easel_err uploads_info(uploads *u, const char *id, upload_info *info) {
@@ -139,6 +166,11 @@ easel_err uploads_info(uploads *u, const char *id, upload_info *info) {
     uint8_t *text = NULL;
     size_t n = 0;
     easel_err e = fs_read_file(rec, 4096, &text, &n);
+    if (e == EASEL_ENOTFOUND && u->st) { /* another node's: the store has it */
+        easel_err f = fetch_from_store(u, id);
+        if (f && f != EASEL_ENOTFOUND) return f;
+        if (!f) e = fs_read_file(rec, 4096, &text, &n);
+    }
     if (e == EASEL_ENOTFOUND)
         return easel_seterr(EASEL_ENOTFOUND,
                             "no upload %s (unknown, or removed after the "
@@ -188,6 +220,8 @@ void uploads_remove(uploads *u, const char *id) {
     unlink(p);
     path_of(u, id, "img", p, sizeof p);
     unlink(p);
+    if (u->st && store_upload_remove(u->st, id))
+        log_warn("uploads: %s stays in the store: %s", id, easel_errmsg());
 }
 
 int uploads_sweep(uploads *u, int64_t now_ms) {
@@ -233,6 +267,11 @@ int uploads_sweep(uploads *u, int64_t now_ms) {
         removed++;
     }
     if (d) closedir(d);
+    int in_store = 0; /* other nodes' expired uploads (this node never saw them) */
+    if (u->st && u->retention_ms > 0 &&
+        store_upload_sweep(u->st, now_ms - u->retention_ms, &in_store))
+        log_warn("uploads: sweeping the store: %s", easel_errmsg());
+    removed += in_store;
     pthread_mutex_unlock(&u->mu);
     if (removed) log_info("uploads: removed %d upload(s) past the retention", removed);
     return removed;

@@ -8,8 +8,13 @@
  * removes). Uploads older than the retention are removed unless a pending
  * or processing job refers to them.
  *
+ * With several nodes on one shared store, every upload is also a row of the
+ * store (written before the upload exists), and a node that lacks one gets
+ * it from there; the sweep then also removes the store's expired rows.
+ *
  * Ids are "upl_" + 32 hex digits (128 random bits). Thread-safe: every call
- * works on files; the sweep is rate-limited under a lock. */
+ * works on files (and the store's own connection); the sweep is
+ * rate-limited under a lock. */
 #ifndef EASEL_UPLOADS_H
 #define EASEL_UPLOADS_H
 
@@ -18,6 +23,7 @@
 
 #include "../engine/err.h"
 #include "../engine/image_codecs.h"
+#include "store.h"
 
 #define UPLOAD_ID_LEN 36 /* "upl_" + 32 hex */
 #define UPLOAD_DEFAULT_MAX_BYTES (20u << 20)
@@ -41,6 +47,10 @@ typedef struct {
     image_limits limits;  /* what an upload may decode to */
     uploads_in_use_fn in_use;
     void *in_use_ctx;
+    /* a shared store that holds uploads (store_holds_uploads), or NULL: each
+     * upload is then also a row of it, and one this node lacks is fetched
+     * from it (and kept here), so a job any node claims finds its images */
+    store *store;
 } uploads_config;
 
 easel_err uploads_open(const uploads_config *cfg, uploads **out);

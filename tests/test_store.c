@@ -196,6 +196,8 @@ static void test_requeue_by_finish(void) {
 static void test_upload_in_use(void) {
     store *s = fresh("up");
     REQUIRE(s, "%s: %s", impl->name, easel_errmsg());
+    CHECK(store_holds_uploads(s) == !strcmp(impl->name, "postgres"),
+          "%s: uploads are rows only of a shared store", impl->name);
     store_row a;
     row(&a, "id-up", 100);
     a.init_image = "upl_11111111111111111111111111111111";
@@ -773,6 +775,59 @@ static void test_pg_images(void) {
     store_close(s);
 }
 
+/* Uploads as rows (several nodes): what one node puts another reads, bytes
+ * and record; a second put of an id changes nothing; the sweep takes only
+ * rows older than its cutoff that no pending or processing job reads. */
+static void test_pg_uploads(void) {
+    PG_OR_SKIP();
+    store *a = NULL, *b = NULL;
+    REQUIRE(!pg_open_as("uploads", 1, "a", "", 0, &a), "%s", easel_errmsg());
+    REQUIRE(!pg_open_as("uploads", 0, "b", "", 0, &b), "%s", easel_errmsg());
+    CHECK(store_holds_uploads(a) && store_holds_uploads(b), "holds uploads");
+    static const char *ids[3] = {"upl_00000000000000000000000000000001",
+                                 "upl_00000000000000000000000000000002",
+                                 "upl_00000000000000000000000000000003"};
+    uint8_t bytes[3][300];
+    for (int k = 0; k < 3; k++) {
+        for (int i = 0; i < 300; i++)
+            bytes[k][i] = (uint8_t)(i * (k + 7));
+        bytes[k][3] = 0; /* binary, NULs included */
+        char rec[64];
+        snprintf(rec, sizeof rec, "{\"n\":%d,\"text\":\"\u00e9\"}", k);
+        CHECK(!store_upload_put(a, ids[k], rec, bytes[k], 300, 1000 + k), "put %d: %s", k,
+              easel_errmsg());
+    }
+    CHECK(!store_upload_put(a, ids[0], "{}", bytes[1], 10, 5), "a second put: %s", easel_errmsg());
+    char *rec = NULL;
+    uint8_t *data = NULL;
+    size_t len = 0;
+    CHECK(!store_upload_get(b, ids[0], &rec, &data, &len) && len == 300 &&
+              !memcmp(data, bytes[0], 300) && !strcmp(rec, "{\"n\":0,\"text\":\"\u00e9\"}"),
+          "b reads a's upload as it was first put: %s", rec ? rec : easel_errmsg());
+    free(rec), free(data);
+    CHECK(store_upload_get(b, "upl_ffffffffffffffffffffffffffffffff", &rec, &data, &len) ==
+                  EASEL_ENOTFOUND &&
+              !rec && !data,
+          "unknown: not found");
+    /* a pending job reads ids[1]: the sweep keeps it; ids[2] is newer than the cutoff */
+    store_row j;
+    row(&j, "uses-upload", 1);
+    j.init_image = ids[1];
+    CHECK(!store_insert(a, &j), "insert: %s", easel_errmsg());
+    int removed = -1;
+    CHECK(!store_upload_sweep(b, 1002, &removed) && removed == 1, "swept %d", removed);
+    CHECK(store_upload_get(a, ids[0], &rec, &data, &len) == EASEL_ENOTFOUND, "old and unused: gone");
+    CHECK(!store_upload_get(a, ids[1], &rec, &data, &len), "in use: kept");
+    free(rec), free(data);
+    CHECK(!store_upload_get(a, ids[2], &rec, &data, &len), "newer: kept");
+    free(rec), free(data);
+    CHECK(!store_upload_remove(b, ids[2]) &&
+              store_upload_get(a, ids[2], &rec, &data, &len) == EASEL_ENOTFOUND,
+          "removed");
+    store_close(a);
+    store_close(b);
+}
+
 typedef struct {
     store *s;
     char owner[16];
@@ -931,6 +986,7 @@ int main(void) {
     RUN(test_pg_recover_own_and_expired);
     RUN(test_pg_wakeups_progress_changes);
     RUN(test_pg_images);
+    RUN(test_pg_uploads);
     RUN(test_pg_outbox_claimed_once);
     RUN(test_pg_shared_secret_and_stats);
     RUN(test_pg_reconnects); /* last: it stops the server */

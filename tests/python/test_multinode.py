@@ -384,6 +384,34 @@ def test_shared_image_dir(cluster, tmp_path):
     assert c.sql("SELECT count(*) FROM easel_images") == [["0"]]
 
 
+def test_uploads_received_by_one_node_serve_jobs_on_another(cluster):
+    """An upload sent to node a is a row of the store: with a stopped, node b
+    runs img2img and inpainting jobs naming it (and shows its record); the
+    inline images of a job sent to b become rows too."""
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 120, 40)).save(buf, "PNG")
+    png = buf.getvalue()
+    c = cluster(n=2)
+    a, b = c.nodes
+    r = a.post("/v1/uploads", data=png, headers={"Content-Type": "image/png"})
+    assert r.status_code == 201, r.text
+    up = r.json()
+    assert c.sql(f"SELECT length(data) FROM easel_uploads WHERE id='{up['id']}'") == \
+        [[str(len(png))]]
+    a.stop()
+    assert b.get(f"/v1/uploads/{up['id']}").json() == up
+    img2img = b.submit(init_image=up["id"], strength=0.5, steps=4, width=64, height=64)
+    inpaint = b.submit(init_image=up["id"], mask=base64.b64encode(png).decode(), steps=4,
+                       width=64, height=64)
+    for j in (img2img, inpaint):
+        done = wait_status(b, j["id"])
+        assert done["status"] == "completed", done
+        assert png_size(b.get(f"/v1/jobs/{j['id']}/image").content) == (64, 64)
+    assert c.sql("SELECT count(*) FROM easel_uploads") == [["2"]]  # a's and the inline mask
+
+
 def test_newer_schema_refused(cluster):
     c = cluster(n=1)
     c.stop()
