@@ -219,6 +219,39 @@ def test_events_stream_ends_with_final_after_cancel(make_server):
         assert rest and rest[-1][0] == "final" and rest[-1][1]["status"] == "canceled", rest
 
 
+
+def test_prefer_wait(make_server):
+    """Prefer: wait=N (RFC 7240): 200 with the finished job when it ends in
+    time, else the 202 after N s; N capped at 60; the parked request holds no
+    HTTP thread (with --threads 1 other requests are answered meanwhile)."""
+    s = make_server(["--workers", "1", "--threads", "1"])
+    r = s.post("/v1/jobs", json={"prompt": "quick", "steps": 2}, headers={"Prefer": "wait=9999"},
+               timeout=70)
+    assert r.status_code == 200, r.text
+    assert r.headers["Preference-Applied"] == "wait=60"
+    assert r.json()["status"] == "completed" and r.json()["image_url"]
+    out = {}
+
+    def slow():
+        t0 = time.time()
+        out["r"] = s.post("/v1/jobs", json={"prompt": "slow", **VERY_SLOW},
+                          headers={"Prefer": "wait=3"}, timeout=30)
+        out["t"] = time.time() - t0
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.5)
+    t0 = time.time()
+    assert s.get("/healthz").status_code == 200  # answered while the wait is parked
+    assert time.time() - t0 < 2
+    t.join(30)
+    r = out["r"]
+    assert r.status_code == 202 and r.headers["Preference-Applied"] == "wait=3", r.text
+    assert 2.5 < out["t"] < 15 and r.json()["status"] in ("pending", "processing")
+    s.post(f"/v1/jobs/{r.json()['id']}/cancel")
+    r = s.post("/v1/jobs", json={"prompt": "no wait", "steps": 2})
+    assert r.status_code == 202 and "Preference-Applied" not in r.headers
+
+
 # ---- scheduling ----
 
 def test_two_workers_never_exceeded(make_server):
