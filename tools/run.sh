@@ -14,7 +14,7 @@ if [ -n "$model" ]; then
   # check the model before serving and say what it is (family, size, defaults)
   if ! found=$("$easel" info --model "$model" 2>&1); then
     echo "easel: MODEL=$model cannot be served:" >&2
-    printf '%s\n' "$found" | grep -v '^\(easel [0-9]\|build:\|blas:\|cpu\|cuda:\)' >&2
+    printf '%s\n' "$found" | grep -v '^\(easel [0-9]\|build:\|blas:\|cpu\|cuda:\|precision \|[0-9]\{4\}-[0-9][0-9]-\)' >&2
     echo "easel: see README.md -> Real models (which checkpoints work, how to check one)" >&2
     exit 2
   fi

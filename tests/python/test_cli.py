@@ -107,6 +107,7 @@ def test_make_run_checks_the_model_first(easel, tiny_model, tmp_path):
     assert p.returncode != 0
     assert "cannot be served" in out and "smaller than" in out and "Real models" in out, out
     assert "listening" not in out
+    assert "precision " not in out and " info " not in out, out  # the reason, not easel info's report
 
     p = make_run(easel, tmp_path, tiny_model)
     lines, deadline = [], time.time() + 300
