@@ -132,6 +132,10 @@ easel_err gen_prompt_loras(char *prompt, gen_lora *loras, int *n, int max, const
         if (e) return e;
         (*n)++;
         memmove(p, close + 1, strlen(close + 1) + 1);
+        /* from the start again: the text around a removed tag can form a new one
+         * ("<lo<lora:a>ra:b>"), which must not survive into the stored prompt
+         * (a re-read of the job would find it); at most max + 1 passes */
+        p = prompt;
     }
     return EASEL_OK;
 }

@@ -129,7 +129,8 @@ int gen_lora_name_ok(const char *name);
 /* A1111's prompt syntax: removes every <lora:NAME> and <lora:NAME:WEIGHT>
  * (also <lyco:...>) from prompt, in place, as A1111 does (the tag only, the
  * text around it stays), and appends each to loras[*n] (weight 1 when not
- * given). EINVAL with *field "prompt" naming the tag when it is malformed
+ * given); a tag that the removals form ("<lo<lora:a>ra:b>") is taken too, so
+ * the prompt that remains has none. EINVAL with *field "prompt" naming the tag when it is malformed
  * (more than one weight, a name gen_lora_name_ok refuses, a weight that is
  * not a number in [-GEN_LORA_MAX_WEIGHT, GEN_LORA_MAX_WEIGHT]) or when more
  * than max LoRAs result. */
